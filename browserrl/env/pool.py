@@ -1,0 +1,93 @@
+"""Training-side sessions: a fixed number of WebSocket sessions kept open across rollouts.
+
+The rollout is synchronous (TRL calls it), the OpenEnv client is async. One background event loop owns the
+clients, so the sessions (and the Chromium behind each) live for the whole run, and the env steps of all live
+episodes of a turn run concurrently. A failed call never raises: it comes back as `EnvFailure`, the session is
+dropped and reopened on next use, and `on_failure` may restart a local server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from openenv.core.client_types import StepResult
+
+from browserrl.env.client import BrowserGymEnv
+from browserrl.env.models import BrowserGymAction
+
+
+@dataclass
+class EnvFailure:
+    """A session that could not answer (server dead, timeout, protocol error)."""
+
+    message: str
+
+
+class EnvPool:
+    def __init__(
+        self,
+        url: Callable[[], str],
+        size: int,
+        message_timeout_s: float = 60.0,
+        on_failure: Callable[[], None] | None = None,
+    ):
+        self.url, self.size, self.timeout, self.on_failure = url, size, message_timeout_s, on_failure
+        self._clients: list[BrowserGymEnv | None] = [None] * size
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="env-pool", daemon=True)
+        self._thread.start()
+
+    async def _client(self, slot: int) -> BrowserGymEnv:
+        client = self._clients[slot]
+        if client is None:
+            client = BrowserGymEnv(base_url=self.url(), message_timeout_s=self.timeout)
+            await client.connect()
+            self._clients[slot] = client
+        return client
+
+    async def _call(self, slot: int, method: str, kwargs: dict[str, Any]) -> StepResult | EnvFailure:
+        try:
+            client = await self._client(slot)
+            return await asyncio.wait_for(getattr(client, method)(**kwargs), self.timeout)
+        except Exception as exc:  # noqa: BLE001 - any failure ends this episode, never the run
+            await self._drop(slot)
+            return EnvFailure(f"{method} on session {slot}: {type(exc).__name__}: {exc}"[:500])
+
+    async def _drop(self, slot: int) -> None:
+        client, self._clients[slot] = self._clients[slot], None
+        if client is not None:
+            with contextlib.suppress(Exception):  # the connection is already broken
+                await asyncio.wait_for(client.close(), 5)
+
+    def _gather(self, calls: Sequence[tuple[int, str, dict[str, Any]]]) -> list[StepResult | EnvFailure]:
+        async def run() -> list[StepResult | EnvFailure]:
+            return list(await asyncio.gather(*(self._call(*c) for c in calls)))
+
+        results = asyncio.run_coroutine_threadsafe(run(), self._loop).result()
+        if self.on_failure is not None and any(isinstance(r, EnvFailure) for r in results):
+            self.on_failure()
+        return results
+
+    def reset(
+        self, slots: Sequence[int], tasks: Sequence[str], seeds: Sequence[int]
+    ) -> list[StepResult | EnvFailure]:
+        calls = [(s, "reset", {"seed": seed, "task_name": t}) for s, t, seed in zip(slots, tasks, seeds)]
+        return self._gather(calls)
+
+    def step(self, slots: Sequence[int], actions: Sequence[str]) -> list[StepResult | EnvFailure]:
+        calls = [(s, "step", {"action": BrowserGymAction(action_str=a)}) for s, a in zip(slots, actions)]
+        return self._gather(calls)
+
+    def close(self) -> None:
+        async def close_all() -> None:
+            await asyncio.gather(*(self._drop(i) for i in range(self.size)))
+
+        if self._loop.is_running():
+            asyncio.run_coroutine_threadsafe(close_all(), self._loop).result(timeout=30)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)

