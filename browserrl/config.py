@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import shutil
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 from trl import GRPOConfig
 
 from browserrl import rewards
+from browserrl.env.launcher import EnvSetupError, check_env_url, miniwob_base_url, preflight
 from browserrl.modeling import lora_config
 
 
@@ -22,24 +21,19 @@ class ConfigError(ValueError):
         self.key = key
 
 
-def miniwob_dir() -> Path:
-    """The MiniWoB++ HTML bundle shipped in the `miniwob` package."""
-    spec = importlib.util.find_spec("miniwob")
-    folder = Path(next(iter(spec.submodule_search_locations))) / "html" / "miniwob" if spec else None
-    if folder is None or not folder.is_dir():
-        raise ConfigError(
-            "task.name", "the MiniWoB++ pages are missing: run `pip install miniwob` (or `make install`)"
-        )
-    return folder
-
-
 def miniwob_task(name: str) -> str:
-    """`click-test` or `miniwob.click-test` -> `click-test`, if MiniWoB++ has that page."""
+    """`click-test` or `miniwob.click-test` -> `click-test`, if the MiniWoB++ bundle has that page."""
     short = name.removeprefix("miniwob.")
-    if not (miniwob_dir() / f"{short}.html").exists():
-        close = sorted(
-            p.stem for p in miniwob_dir().glob("*.html") if p.stem.split("-")[0] == short.split("-")[0]
-        )
+    try:
+        base = miniwob_base_url()
+    except EnvSetupError as exc:
+        raise ConfigError("task.name", str(exc)) from exc
+    if not base.startswith("file://"):
+        return short  # pages served over http: the env server will say if the task is unknown
+    pages = Path(base.removeprefix("file://"))
+    if not (pages / f"{short}.html").exists():
+        family = short.split("-")[0]
+        close = sorted(p.stem for p in pages.glob(f"{family}-*.html"))
         hint = f" (similar: {', '.join(close[:8])})" if close else ""
         raise ConfigError("task.name", f"no MiniWoB++ task named {name!r}{hint}")
     return short
@@ -77,22 +71,16 @@ def check_lora(cfg: DictConfig) -> None:
 
 def check_env(cfg: DictConfig) -> None:
     if cfg.env.mode == "local":
-        if not (shutil.which("chromium") or shutil.which("chromium-browser")):
-            raise ConfigError(
-                "env.mode",
-                "chromium is not installed: run `apt-get install chromium` (or `make "
-                "install`), or point at a running server with env=remote env.url=...",
-            )
+        try:
+            preflight()
+        except EnvSetupError as exc:
+            raise ConfigError("env.mode", f"{exc}; or use a running server: env=remote env.url=...") from exc
     elif cfg.env.mode == "remote":
-        from browserrl.env.launcher import check_env_url
-
         try:
             check_env_url(cfg.env.url, timeout=5)
         except Exception as exc:  # noqa: BLE001 - any failure means the same thing to the user
             raise ConfigError(
-                "env.url",
-                f"no env server answers at {cfg.env.url} ({exc}); start one with "
-                "`make serve-env` or fix the url",
+                "env.url", f"nothing answers at {cfg.env.url} ({exc}); start a server (make serve-env)"
             ) from exc
     else:
         raise ConfigError("env.mode", f"must be local or remote, got {cfg.env.mode!r}")

@@ -11,10 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-DEFAULT_SYSTEM_PROMPT = (
-    "You control a web browser. Each element on the page has an id in square brackets. "
-    "Answer with exactly one action, such as click('12') or fill('7', 'text')."
-)
+DEFAULT_SYSTEM_PROMPT = "Answer with one browser action, like click('12')."
 
 EXAMPLE_GOAL = "Click the button labelled Submit."
 EXAMPLE_PAGE = (

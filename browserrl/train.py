@@ -22,9 +22,10 @@ from transformers import PrinterCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from browserrl import rewards
+from browserrl.analysis import peak_memory_mb, reset_peak_memory
 from browserrl.config import miniwob_task, validate
 from browserrl.env.pool import EnvPool
-from browserrl.evaluate import heldout_report
+from browserrl.evaluate import PeriodicEval, heldout_report
 from browserrl.generation import HFGenerator, SamplingParams
 from browserrl.metrics import JsonlLogger, ProgressBar, StepTimer, batch_metrics, jsonable
 from browserrl.modeling import count_parameters, load_policy, lora_config
@@ -46,6 +47,7 @@ def env_server(cfg: DictConfig) -> Iterator[tuple[Callable[[], str], Callable[[]
         max_sessions=cfg.env.sessions + 2,  # headroom: a dropped session may linger until the server notices
         idle_timeout_s=cfg.env.idle_timeout_s,
         start_timeout_s=cfg.env.start_timeout_s,
+        max_steps=cfg.task.max_steps,  # the server truncates where the rollout stops
     ) as server:
 
         def heal() -> None:
@@ -106,6 +108,7 @@ def make_rollout_func(
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     started = time.time()
+    reset_peak_memory()  # a multirun's runs share this process: each run reports its own peak
     validated = validate(cfg)  # fails in seconds, naming the key, before any model or browser starts
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
@@ -159,6 +162,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         trainer.add_callback(JsonlLogger(run_dir / "metrics.jsonl"))
         trainer.add_callback(StepTimer(trainer._metrics))
         trainer.add_callback(ProgressBar())
+        trainer.add_callback(PeriodicEval(engine, cfg, trainer._metrics))  # eval/* every eval.every_steps
         summary |= count_parameters(trainer.model)
         trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
 
@@ -171,6 +175,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             policy = trainer.accelerator.unwrap_model(trainer.model)
             engine.generator = HFGenerator(policy, tokenizer.pad_token_id, chat.eot_id, sampling)
             summary |= heldout_report(engine, cfg, "eval")
+        summary |= peak_memory_mb()
         summary["wall_time_s"] = time.time() - started
         (run_dir / "summary.json").write_text(json.dumps(jsonable(summary), indent=2) + "\n")
         if wandb_run is not None:

@@ -1,0 +1,103 @@
+"""Session limits and lifetimes: one browser per session, none outlives its session or the server."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from browserrl.env import BrowserGymAction, BrowserGymEnv, EnvServerRefused, LocalEnvServer, check_env_url
+from browserrl.env.launcher import _free_port
+from tests.env.conftest import alive, browser_count, chromium_pids, run, solve_click_test, wait_until
+
+pytestmark = pytest.mark.browser
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_one_browser_per_session_and_none_after_close() -> None:
+    with LocalEnvServer(task="click-test", max_sessions=3, idle_timeout_s=None) as server:
+
+        async def go() -> set[int]:
+            envs = [BrowserGymEnv(base_url=server.url) for _ in range(3)]
+            for env in envs:
+                await env.connect()
+            results = await asyncio.gather(*(solve_click_test(env, seed=i) for i, env in enumerate(envs)))
+            assert [r.reward for r in results] == [1.0, 1.0, 1.0]
+            assert browser_count(server.pid) == 3
+            pids = chromium_pids(server.pid)
+            # sessions are isolated: a reset in one does not touch the page of another
+            await envs[0].reset(seed=9, task_name="click-button")
+            assert (await envs[1].state()).task_name == "click-test"
+            for env in envs:
+                await env.close()
+            return pids
+
+        pids = run(go())
+        assert wait_until(lambda: not alive(pids), timeout=20), (
+            f"closed sessions left chromium: {alive(pids)}"
+        )
+        assert browser_count(server.pid) == 0
+
+
+def test_idle_session_is_closed_with_its_browser() -> None:
+    with LocalEnvServer(task="click-test", max_sessions=1, idle_timeout_s=1.0) as server:
+
+        async def go() -> None:
+            async with BrowserGymEnv(base_url=server.url) as env:
+                await env.reset(seed=0)
+                pids = chromium_pids(server.pid)
+                assert pids
+                # openenv's reaper looks every max(timeout / 4, 5) s
+                assert await asyncio.to_thread(wait_until, lambda: not alive(pids), 15), "idle browser kept"
+                with pytest.raises(EnvServerRefused, match="closed"):
+                    await env.step(BrowserGymAction(action_str="noop(0)"))
+            async with BrowserGymEnv(base_url=server.url) as env:  # the slot is free again
+                assert (await solve_click_test(env, seed=1)).reward == 1.0
+
+        run(go())
+
+
+def test_sigterm_shuts_down_cleanly_with_browsers() -> None:
+    port = _free_port("127.0.0.1")
+    cmd = [
+        sys.executable,
+        str(REPO / "scripts" / "serve_env.py"),
+        "--task",
+        "click-test",
+        "--port",
+        str(port),
+        "--max-sessions",
+        "2",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_until(lambda: _answers(url), timeout=60)
+
+        async def go() -> set[int]:
+            env = BrowserGymEnv(base_url=url)
+            assert (await solve_click_test(env, seed=0)).reward == 1.0
+            pids = chromium_pids(proc.pid)
+            proc.send_signal(signal.SIGTERM)  # while the session is still open
+            await asyncio.to_thread(proc.wait, 30)
+            return pids
+
+        pids = run(go())
+        assert proc.returncode == 0, proc.stdout.read() if proc.stdout else ""
+        assert pids and wait_until(lambda: not alive(pids), timeout=10), (
+            f"chromium outlived the server: {alive(pids)}"
+        )
+    finally:
+        proc.kill()
+
+
+def _answers(url: str) -> bool:
+    try:
+        check_env_url(url, timeout=1)
+        return True
+    except Exception:  # noqa: BLE001 - not up yet
+        return False
