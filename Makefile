@@ -36,11 +36,15 @@ model: install
 train: model
 	$(PY) train.py $(ARGS)
 
+# The full_vs_lora study on the current infra (INFRA=gpu: full size), then its plots and table in the sweep dir.
 sweep: model
-	$(PY) train.py -m +experiment=full_vs_lora $(ARGS)
+	dir=$(or $(SWEEP_DIR),multirun/$$(date +%Y-%m-%d/%H-%M-%S)); \
+	$(PY) train.py -m +experiment=full_vs_lora $(if $(INFRA),infra=$(INFRA)) hydra.sweep.dir=$$dir $(ARGS) && \
+	$(PY) scripts/plot_runs.py $$dir
 
+# Held-out success@N of CKPT (RUN/final or RUN/checkpoints/checkpoint-N) and of its base model, with traces.
 eval: model
-	$(PY) scripts/evaluate.py checkpoint=$(CKPT) $(ARGS)
+	$(PY) scripts/evaluate.py $(CKPT) $(ARGS)
 
 serve-env: install
 	$(PY) scripts/serve_env.py --task $(or $(TASK),click-test) --port $(or $(PORT),8000) --max-sessions $(or $(MAX_SESSIONS),8)

