@@ -32,6 +32,7 @@ from browserrl.modeling import count_parameters, load_policy, lora_config
 from browserrl.rollout import ChatFormat, RolloutEngine, instance_prompt, parse_instance, trainer_output
 
 log = logging.getLogger(__name__)
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is experimental in TRL: we know
 
 
 @contextmanager
