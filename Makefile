@@ -62,3 +62,10 @@ lint: install
 
 clean:
 	rm -rf outputs multirun wandb .pytest_cache
+
+# infra=gpu-vllm-server: vLLM (TRL's server) on GPU $(VLLM_GPU); the trainer on the other GPUs through
+# `accelerate launch --config_file conf/accelerate/vllm-server.yaml train.py infra=gpu-vllm-server` (docs/gpu.md).
+.PHONY: vllm-serve
+vllm-serve: install
+	CUDA_VISIBLE_DEVICES=$(or $(VLLM_GPU),0) $(VENV)/bin/trl vllm-serve --model $(or $(MODEL),LiquidAI/LFM2-350M) \
+	  --port $(or $(VLLM_PORT),8000) --dtype bfloat16 $(VLLM_ARGS)

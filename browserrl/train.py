@@ -18,7 +18,7 @@ from typing import Any
 
 from datasets import Dataset
 from omegaconf import DictConfig, OmegaConf
-from transformers import PrinterCallback
+from transformers import PrinterCallback, set_seed
 from trl import GRPOConfig, GRPOTrainer
 
 from browserrl import rewards
@@ -26,10 +26,11 @@ from browserrl.analysis import peak_memory_mb, reset_peak_memory
 from browserrl.config import miniwob_task, validate
 from browserrl.env.pool import EnvPool
 from browserrl.evaluate import PeriodicEval, heldout_report
-from browserrl.generation import HFGenerator, SamplingParams
+from browserrl.generation import HFGenerator, SamplingParams, VLLMGenerator
 from browserrl.metrics import JsonlLogger, ProgressBar, StepTimer, batch_metrics, jsonable
 from browserrl.modeling import count_parameters, load_policy, lora_config
 from browserrl.rollout import ChatFormat, RolloutEngine, instance_prompt, parse_instance, trainer_output
+from browserrl.sft import start_from, warm_up
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is experimental in TRL: we know
@@ -94,10 +95,13 @@ def make_rollout_func(
     """TRL calls this with the prompts of one generation batch (each repeated num_generations times)."""
 
     def rollout_func(prompts: list[str], trainer: GRPOTrainer) -> dict[str, list[Any]]:
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        engine.generator = HFGenerator(
-            model, trainer.processing_class.pad_token_id, engine.chat.eot_id, sampling
-        )
+        if trainer.args.use_vllm:
+            engine.generator = VLLMGenerator.from_trainer(trainer, engine.chat.eot_id, sampling)
+        else:
+            model = trainer.accelerator.unwrap_model(trainer.model)
+            engine.generator = HFGenerator(
+                model, trainer.processing_class.pad_token_id, engine.chat.eot_id, sampling
+            )
         batch = engine.play([parse_instance(p) for p in prompts])
         mode = "train" if trainer.model.training else "eval"
         for key, value in batch_metrics(batch).items():
@@ -114,9 +118,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     task = miniwob_task(cfg.task.name)
+    set_seed(cfg.seed)  # the base eval samples before the trainer seeds anything
 
     with ExitStack() as stack:
         url, heal = stack.enter_context(env_server(cfg))
+        if cfg.sft.enabled:  # scripted-oracle SFT warm-up; GRPO then starts from its checkpoint
+            start_from(cfg, warm_up(cfg, url(), run_dir / "sft"))
+            OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
         model, tokenizer = load_policy(cfg.model)
         chat = ChatFormat(tokenizer, cfg.model.eot_token)
         sampling = SamplingParams(

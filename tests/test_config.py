@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from browserrl.config import ConfigError, check_trainer, miniwob_task, validate
 
 ROOT = Path(__file__).resolve().parents[1]
-GROUPS = ["task", "tuning", "model", "infra", "env", "logger"]
+GROUPS = ["task", "tuning", "model", "infra", "env", "logger", "sft"]
 
 
 def options(group: str) -> list[str]:

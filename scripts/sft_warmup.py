@@ -1,0 +1,36 @@
+"""SFT warm-up on its own: oracle demonstrations -> SFTTrainer -> a checkpoint GRPO can start from.
+
+    python scripts/sft_warmup.py sft=oracle [model=... tuning=... infra=...]
+    python train.py model.source=path model.name_or_path=<printed folder>
+
+Same config tree as train.py (conf/train.yaml), so model, tuning, infra, env and the task's prompt settings
+are those the GRPO run will use. `python train.py sft=oracle` does both steps in one run.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from browserrl.sft import warm_up
+from browserrl.train import env_server
+
+log = logging.getLogger("sft_warmup")
+
+
+@hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    if not cfg.get("sft") or not cfg.sft.enabled:
+        raise SystemExit("choose the warm-up: sft=oracle")
+    run_dir = Path(HydraConfig.get().runtime.output_dir) / "sft"
+    with env_server(cfg) as (url, _):
+        final = warm_up(cfg, url(), run_dir)
+    log.info("GRPO from it: python train.py model.source=path model.name_or_path=%s", final.resolve())
+
+
+if __name__ == "__main__":
+    main()
