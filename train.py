@@ -23,4 +23,9 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    # Hydra's parser takes its flags only before the overrides; accept `train.py a=b -m c=1,2` too.
+    for flag in ("-m", "--multirun"):
+        if flag in sys.argv[2:]:
+            sys.argv.remove(flag)
+            sys.argv.insert(1, flag)
     main()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,23 +10,14 @@ from pathlib import Path
 import jupytext
 import nbformat
 import pytest
+from helpers import ROOT, TINY, run_train
 from nbclient import NotebookClient
 from PIL import Image
 
 from browserrl import analysis
 
-ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "full_vs_lora"
-TINY = [
-    "model=tiny-lfm2",
-    "task.max_steps=2",
-    "task.max_action_tokens=6",
-    "env.sessions=2",
-    "trainer.per_device_train_batch_size=4",
-    "trainer.num_generations=2",
-    "eval.greedy=false",
-    "logger=none",
-]
+SMALL = [*TINY, "env.sessions=2", "trainer.per_device_train_batch_size=4", "eval.greedy=false", "logger=none"]
 FIGURES = ("curves", "final_success", "resources", "eval_curves")
 
 
@@ -35,25 +25,16 @@ FIGURES = ("curves", "final_success", "resources", "eval_curves")
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real full_vs_lora experiment cut to 2 runs x 2 steps, evaluating (held-out) after every step."""
     sweep_dir = tmp_path_factory.mktemp("sweep")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "-m",
-            "+experiment=full_vs_lora",
-            *TINY,
-            "infra.study_max_steps=2",
-            "infra.study_eval_seeds=2",
-            "eval.every_steps=1",
-            "tuning=full,lora-r8",
-            "seed=0",
-            f"hydra.sweep.dir={sweep_dir}",
-        ],
-        cwd=ROOT,
-        env={**os.environ, "WANDB_API_KEY": ""},
-        capture_output=True,
-        text=True,
-        timeout=600,
+    done = run_train(
+        "-m",
+        "+experiment=full_vs_lora",
+        *SMALL,
+        "infra.study_max_steps=2",
+        "infra.study_eval_seeds=2",
+        "eval.every_steps=1",
+        "tuning=full,lora-r8",
+        "seed=0",
+        f"hydra.sweep.dir={sweep_dir}",
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return sweep_dir

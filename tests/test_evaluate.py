@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import ROOT, TINY, run_train
 from PIL import Image
 
 from browserrl.modeling import load_checkpoint
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[1]
 RUNS = ("0-click-test-full-s0", "1-click-test-lora-r8-s0")
 
 
@@ -24,30 +23,18 @@ RUNS = ("0-click-test-full-s0", "1-click-test-lora-r8-s0")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One GRPO step each, full and LoRA, saved (final/ and checkpoints/checkpoint-1); no eval in training."""
     sweep = tmp_path_factory.mktemp("ckpt")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "-m",
-            "model=tiny-lfm2",
-            "task.max_steps=2",
-            "task.max_action_tokens=6",
-            "env.sessions=2",
-            "trainer.per_device_train_batch_size=2",
-            "trainer.num_generations=2",
-            "trainer.max_steps=1",
-            "trainer.save_steps=1",
-            "eval.before=false",
-            "eval.after=false",
-            "logger=none",
-            f"hydra.sweep.dir={sweep}",
-            "tuning=full,lora-r8",
-        ],
-        cwd=ROOT,
-        env={**os.environ, "WANDB_API_KEY": ""},
-        capture_output=True,
-        text=True,
-        timeout=600,
+    done = run_train(
+        "-m",
+        *TINY,
+        "env.sessions=2",
+        "trainer.per_device_train_batch_size=2",
+        "trainer.max_steps=1",
+        "trainer.save_steps=1",
+        "eval.before=false",
+        "eval.after=false",
+        "logger=none",
+        f"hydra.sweep.dir={sweep}",
+        "tuning=full,lora-r8",
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert sorted(p.parent.name for p in sweep.glob("*/final")) == list(RUNS)

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from helpers import ROOT, TINY, run_train
 from hydra import compose, initialize_config_dir
 
-ROOT = Path(__file__).resolve().parents[1]
 # infra=slurm builds on infra/gpu: these put a CPU-only test machine back on the CPU path.
 CPU = ["trainer.use_cpu=true", "trainer.use_vllm=false", "trainer.bf16=false", "infra.generation=hf"]
 
@@ -26,34 +22,22 @@ def test_infra_slurm_selects_the_submitit_slurm_launcher():
 @pytest.mark.browser
 @pytest.mark.slow
 def test_submitit_local_runs_a_two_run_multirun(tmp_path):
-    done = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "-m",
-            "infra=slurm",
-            "hydra/launcher=submitit_local",
-            "hydra.launcher.gpus_per_node=0",
-            "hydra.launcher.timeout_min=10",
-            *CPU,
-            "model=tiny-lfm2",
-            "task.max_steps=2",
-            "task.max_action_tokens=6",
-            "env.sessions=2",
-            "trainer.per_device_train_batch_size=2",
-            "trainer.num_generations=2",
-            "trainer.max_steps=1",
-            "eval.before=false",
-            "eval.after=false",
-            "logger=none",
-            f"hydra.sweep.dir={tmp_path}",
-            "seed=0,1",
-        ],
-        cwd=ROOT,
-        env={**os.environ, "WANDB_API_KEY": ""},
-        capture_output=True,
-        text=True,
-        timeout=600,
+    done = run_train(
+        "-m",
+        "infra=slurm",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.gpus_per_node=0",
+        "hydra.launcher.timeout_min=10",
+        *CPU,
+        *TINY,
+        "env.sessions=2",
+        "trainer.per_device_train_batch_size=2",
+        "trainer.max_steps=1",
+        "eval.before=false",
+        "eval.after=false",
+        "logger=none",
+        f"hydra.sweep.dir={tmp_path}",
+        "seed=0,1",
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Submitit 'local' sweep output dir" in done.stdout + done.stderr

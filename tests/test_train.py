@@ -11,19 +11,11 @@ from pathlib import Path
 
 import psutil
 import pytest
+from helpers import ROOT, TINY, run_train
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "model=tiny-lfm2",
-    "task.max_steps=2",
-    "task.max_action_tokens=6",
-    "env.sessions=4",
-    "trainer.per_device_train_batch_size=4",
-    "trainer.num_generations=2",
-    "eval.num_seeds=2",
-]
+SMALL = [*TINY, "env.sessions=4", "trainer.per_device_train_batch_size=4", "eval.num_seeds=2"]
 METRIC_KEYS = {
     "reward",
     "reward_std",
@@ -51,25 +43,13 @@ SUMMARY_KEYS = {
 }
 
 
-def train(*overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_API_KEY": "", "WANDB_SILENT": "true"}
-    return subprocess.run(
-        [sys.executable, "train.py", *overrides],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 def rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_two_step_run_writes_record_and_checkpoint_then_resumes(tmp_path):
     run_dir = tmp_path / "run"
-    done = train(*TINY, "trainer.max_steps=2", "trainer.save_steps=1", f"hydra.run.dir={run_dir}")
+    done = run_train(*SMALL, "trainer.max_steps=2", "trainer.save_steps=1", f"hydra.run.dir={run_dir}")
     assert done.returncode == 0, done.stderr[-3000:]
     logged = [r for r in rows(run_dir) if "reward" in r]
     assert [r["step"] for r in logged] == [1, 2]
@@ -84,8 +64,8 @@ def test_two_step_run_writes_record_and_checkpoint_then_resumes(tmp_path):
 
     resumed_dir = tmp_path / "resumed"
     checkpoint = run_dir / "checkpoints" / "checkpoint-1"
-    done = train(
-        *TINY,
+    done = run_train(
+        *SMALL,
         "trainer.max_steps=2",
         "eval.before=false",
         "eval.after=false",
@@ -98,8 +78,8 @@ def test_two_step_run_writes_record_and_checkpoint_then_resumes(tmp_path):
 
 def test_full_finetune_saves_the_model(tmp_path):
     run_dir = tmp_path / "full"
-    done = train(
-        *TINY,
+    done = run_train(
+        *SMALL,
         "tuning=full",
         "trainer.max_steps=1",
         "eval.before=false",
@@ -114,8 +94,8 @@ def test_full_finetune_saves_the_model(tmp_path):
 
 
 def test_multirun_lora_ranks(tmp_path):
-    done = train(
-        *TINY,
+    done = run_train(  # -m between overrides, as in `python train.py task=click-test -m lora.r=8,16,32`
+        *SMALL,
         "trainer.max_steps=1",
         "eval.before=false",
         "eval.after=false",
@@ -132,7 +112,7 @@ def test_multirun_lora_ranks(tmp_path):
 
 def test_bad_config_fails_fast_naming_the_key(tmp_path):
     started = time.time()
-    done = train("lora.r=0", f"hydra.run.dir={tmp_path}", timeout=120)
+    done = run_train("lora.r=0", f"hydra.run.dir={tmp_path}", timeout=120)
     assert done.returncode == 2 and "lora.r" in done.stderr
     assert time.time() - started < 30 and not (tmp_path / "metrics.jsonl").exists()
 
@@ -145,7 +125,7 @@ def test_training_survives_a_killed_env_server(tmp_path):
         [
             sys.executable,
             "train.py",
-            *TINY,
+            *SMALL,
             "trainer.max_steps=6",
             "eval.before=false",
             "eval.after=false",
