@@ -90,7 +90,7 @@ def _read(path: Path) -> str:
 
 
 def make_rollout_func(
-    engine: RolloutEngine, sampling: SamplingParams
+    engine: RolloutEngine, sampling: SamplingParams, hf_generator: Callable[[Any], HFGenerator]
 ) -> Callable[[list[str], GRPOTrainer], dict]:
     """TRL calls this with the prompts of one generation batch (each repeated num_generations times)."""
 
@@ -98,10 +98,7 @@ def make_rollout_func(
         if trainer.args.use_vllm:
             engine.generator = VLLMGenerator.from_trainer(trainer, engine.chat.eot_id, sampling)
         else:
-            model = trainer.accelerator.unwrap_model(trainer.model)
-            engine.generator = HFGenerator(
-                model, trainer.processing_class.pad_token_id, engine.chat.eot_id, sampling
-            )
+            engine.generator = hf_generator(trainer.accelerator.unwrap_model(trainer.model))
         batch = engine.play([parse_instance(p) for p in prompts])
         mode = "train" if trainer.model.training else "eval"
         for key, value in batch_metrics(batch).items():
@@ -132,9 +129,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         )
         pool = EnvPool(url, cfg.env.sessions, cfg.env.message_timeout_s, on_failure=heal)
         stack.callback(pool.close)
-        engine = RolloutEngine(
-            HFGenerator(model, tokenizer.pad_token_id, chat.eot_id, sampling), pool, chat, cfg.task
-        )
+
+        def hf_generator(policy: Any) -> HFGenerator:
+            """transformers generate on `policy`: the base model now, the trained one (maybe PEFT) later."""
+            return HFGenerator(policy, tokenizer.pad_token_id, chat.eot_id, sampling)
+
+        engine = RolloutEngine(hf_generator(model), pool, chat, cfg.task)
         wandb_run = start_wandb(cfg, run_dir)
         if wandb_run is not None:
             stack.callback(wandb_run.finish)
@@ -165,7 +165,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             train_dataset=dataset,
             processing_class=tokenizer,
             peft_config=lora_config(cfg),
-            rollout_func=make_rollout_func(engine, sampling),
+            rollout_func=make_rollout_func(engine, sampling, hf_generator),
         )
         trainer.remove_callback(PrinterCallback)  # the progress bar and metrics.jsonl replace its raw dicts
         trainer.add_callback(JsonlLogger(run_dir / "metrics.jsonl"))
@@ -181,8 +181,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         OmegaConf.save(cfg, final / "config.yaml", resolve=True)
 
         if cfg.eval.after:
-            policy = trainer.accelerator.unwrap_model(trainer.model)
-            engine.generator = HFGenerator(policy, tokenizer.pad_token_id, chat.eot_id, sampling)
+            engine.generator = hf_generator(trainer.accelerator.unwrap_model(trainer.model))
             summary |= heldout_report(engine, cfg, "eval")
         summary |= peak_memory_mb()
         summary["wall_time_s"] = time.time() - started
