@@ -10,7 +10,9 @@ from trl import GRPOConfig
 
 from browserrl import rewards
 from browserrl.env.launcher import EnvSetupError, check_env_url, miniwob_base_url, preflight
+from browserrl.env.models import MAX_OBSERVATION_DELAY
 from browserrl.modeling import lora_config
+from browserrl.oracle import ORACLE_TASKS
 
 
 class ConfigError(ValueError):
@@ -69,6 +71,17 @@ def check_lora(cfg: DictConfig) -> None:
         raise ConfigError("lora", str(exc)) from exc
 
 
+def check_sft(cfg: DictConfig) -> None:
+    if not cfg.sft.enabled:
+        return
+    unknown = [task for task in cfg.sft.tasks if task not in ORACLE_TASKS]
+    if unknown:
+        oracles = ", ".join(ORACLE_TASKS)
+        raise ConfigError("sft.tasks", f"no scripted oracle for {unknown}; there is one for {oracles}")
+    if not 0 <= cfg.sft.observation_delay <= MAX_OBSERVATION_DELAY:
+        raise ConfigError("sft.observation_delay", f"must be in [0, {MAX_OBSERVATION_DELAY}] seconds")
+
+
 def check_env(cfg: DictConfig) -> None:
     if cfg.env.mode == "local":
         try:
@@ -92,7 +105,10 @@ def validate(cfg: DictConfig) -> GRPOConfig:
     miniwob_task(cfg.task.name)
     if cfg.task.max_steps < 1:
         raise ConfigError("task.max_steps", "must be >= 1")
+    if not 0 <= cfg.task.observation_delay <= MAX_OBSERVATION_DELAY:
+        raise ConfigError("task.observation_delay", f"must be in [0, {MAX_OBSERVATION_DELAY}] seconds")
     check_lora(cfg)
+    check_sft(cfg)
     try:
         rewards.select(dict(cfg.rewards))
     except ValueError as exc:

@@ -7,7 +7,9 @@ this prompt are in docs/benchmarks.md.
 
 from __future__ import annotations
 
+import ast
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import DictConfig
@@ -30,6 +32,84 @@ def clean_axtree(axtree: str) -> str:
 
 EXAMPLE_ACTION = "click('4')"
 
+_QUOTED = r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\""  # a Python repr, as BrowserGym writes names
+_AX_LINE = re.compile(
+    rf"^(?P<indent>\t*)(?:\[(?P<bid>[^\]]+)\] )?(?P<role>\w+) (?P<name>{_QUOTED})(?P<rest>.*)$"
+)
+_AX_VALUE = re.compile(rf"value=(?P<value>{_QUOTED})")
+
+
+@dataclass
+class AXNode:
+    """One line of BrowserGym's flattened AX tree, e.g. `\t[19] textbox 'From:' value='SHG', focused`."""
+
+    depth: int
+    bid: str  # empty for lines the policy cannot act on (StaticText, ListMarker, ...)
+    role: str
+    name: str
+    value: str | None
+    rest: str  # the attributes after the name
+
+
+def parse_line(line: str) -> AXNode | None:
+    """The node of one AX-tree line, or None for a line in another shape."""
+    m = _AX_LINE.match(line)
+    if m is None:
+        return None
+    value = _AX_VALUE.search(m["rest"])
+    return AXNode(
+        depth=len(m["indent"]),
+        bid=m["bid"] or "",
+        role=m["role"],
+        name=ast.literal_eval(m["name"]),
+        value=ast.literal_eval(value["value"]) if value else None,
+        rest=m["rest"],
+    )
+
+
+def parse_axtree(axtree: str) -> list[AXNode]:
+    return [node for line in axtree.splitlines() if (node := parse_line(line)) is not None]
+
+
+#: Roles that only lay a page out: without a name of their own, their children say everything.
+_LAYOUT_ROLES = frozenset({"table", "rowgroup", "row", "list", "LabelText", "status", "generic", "group"})
+_LIVE_REGION = re.compile(r", live='[^']*'|, atomic|, relevant='[^']*'")
+
+
+def compact_axtree(axtree: str) -> str:
+    """The same actionable content in fewer tokens, for long pages (book-flight's date picker and flights).
+
+    Drops nameless lines without a bid, nameless layout lines, table cells (a calendar day's link inside
+    says the same), text that repeats its parent's name or value, and live-region attributes; joins runs of
+    text lines into one, at the shallower depth (a flight card's text becomes one line).
+    """
+    kept: list[str] = []
+    text: tuple[int, str] | None = None  # the text run not yet written: (depth, joined text)
+    above: list[tuple[int, set[str | None]]] = []  # (depth, {name, value}) of the enclosing lines
+    for line in axtree.splitlines():
+        node = parse_line(line)
+        if node is None:
+            kept.append(line)
+            text = None
+            continue
+        while above and above[-1][0] >= node.depth:
+            above.pop()
+        repeats = node.role == "StaticText" and bool(above) and node.name in above[-1][1]
+        above.append((node.depth, {node.name, node.value}))
+        nameless = not node.name and node.value is None
+        if repeats or node.role == "cell" or (nameless and (not node.bid or node.role in _LAYOUT_ROLES)):
+            continue
+        if node.role == "StaticText" and not node.bid:
+            if text is not None:
+                kept.pop()
+                node.depth, node.name = min(node.depth, text[0]), f"{text[1]} {node.name}"
+            text = (node.depth, node.name)
+            kept.append("\t" * node.depth + f"StaticText {node.name!r}")
+            continue
+        text = None
+        kept.append(_LIVE_REGION.sub("", line))
+    return "\n".join(kept)
+
 
 def truncate_axtree(axtree: str, max_chars: int) -> str:
     """Keep whole lines from the top until `max_chars`; MiniWoB pages put the task's elements first."""
@@ -46,10 +126,10 @@ def truncate_axtree(axtree: str, max_chars: int) -> str:
 
 def observation_text(obs: Any, task: DictConfig) -> str:
     """One user turn: the goal, the page, and the previous action's error if there was one."""
-    parts = [
-        f"Goal: {obs.goal}",
-        "Page:\n" + truncate_axtree(clean_axtree(obs.axtree_txt or ""), task.prompt.max_axtree_chars),
-    ]
+    page = clean_axtree(obs.axtree_txt or "")
+    if task.prompt.get("compact"):  # absent from configs of runs older than the option
+        page = compact_axtree(page)
+    parts = [f"Goal: {obs.goal}", "Page:\n" + truncate_axtree(page, task.prompt.max_axtree_chars)]
     if obs.last_action_error and obs.error:
         parts.append(f"Your last action failed: {obs.error[: task.prompt.max_error_chars]}")
     return "\n\n".join(parts)

@@ -1,7 +1,7 @@
-"""Optional SFT warm-up: a scripted oracle plays simple MiniWoB tasks, SFTTrainer imitates it, GRPO follows.
+"""Optional SFT warm-up: a scripted oracle plays MiniWoB tasks, SFTTrainer imitates it, GRPO follows.
 
 A small model rarely emits a valid action for a new task, so GRPO sees no reward to compare. A few hundred
-oracle episodes fix the format and the grounding first. Each demonstration is built exactly as
+oracle episodes (browserrl.oracle) fix the format and the grounding first. Each demonstration is built as
 browserrl.rollout builds an RL episode (same messages, same token-by-token concatenation, the same end-of-turn
 token), and trained with the loss on the model turns only (the env_mask of RL becomes SFT's completion_mask),
 so the warm-started policy is scored by GRPO in the format it was taught.
@@ -13,7 +13,6 @@ The checkpoint is a full model folder (a LoRA adapter is merged in), loadable wi
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,55 +25,11 @@ from trl import SFTConfig, SFTTrainer
 
 from browserrl.env.pool import EnvFailure, EnvPool
 from browserrl.modeling import load_policy, lora_config
+from browserrl.oracle import oracle_action
 from browserrl.prompts import initial_messages, observation_text
 from browserrl.rollout import ChatFormat
 
 log = logging.getLogger(__name__)
-
-#: Tasks the oracle solves from the goal and the AX tree alone. click-link is absent: its links are <span>s
-#: that the AX tree shows as StaticText without a bid, so no bid action can click them.
-ORACLE_TASKS = ("click-test", "click-test-2", "click-button", "focus-text", "enter-text", "enter-password")
-
-_NODE = re.compile(r"^\s*\[(?P<bid>[^\]]+)\] (?P<role>\w+) '(?P<name>[^']*)'(?P<rest>.*)$")
-_VALUE = re.compile(r"value='(?P<value>[^']*)'")
-
-
-@dataclass
-class Node:
-    bid: str
-    role: str
-    name: str
-    value: str
-
-
-def parse_axtree(axtree: str) -> list[Node]:
-    """The AX tree lines that carry a bid: `[13] button 'Click Me!'`, `[14] textbox '' value='abc'`."""
-    nodes = []
-    for line in axtree.splitlines():
-        if m := _NODE.match(line):
-            value = _VALUE.search(m["rest"])
-            nodes.append(Node(m["bid"], m["role"], m["name"], value["value"] if value else ""))
-    return nodes
-
-
-def oracle_action(goal: str, axtree: str) -> str | None:
-    """The next correct action for the ORACLE_TASKS pages, or None when the page is not one it knows."""
-    nodes = parse_axtree(axtree)
-    quoted = re.findall(r'"([^"]*)"', goal)
-    boxes = [n for n in nodes if n.role == "textbox"]
-    buttons = [n for n in nodes if n.role == "button"]
-    if goal.startswith("Enter") and quoted and boxes:  # enter-text, enter-password: fill each box, submit
-        for box in boxes:  # a password box shows its value masked, one bullet per character
-            if box.value not in (quoted[0], "\u2022" * len(quoted[0])):
-                return f"fill({box.bid!r}, {quoted[0]!r})"
-        submit = [b for b in buttons if b.name.lower() == "submit"]
-        return f"click({submit[0].bid!r})" if submit else None
-    if goal.startswith("Focus") and boxes:
-        return f"click({boxes[0].bid!r})"
-    named = re.search(r"button (\w+)\.", goal)  # click-test-2: "Click button ONE."
-    target = quoted[0] if quoted else named[1] if named else None
-    matches = [b for b in buttons if target is None or b.name == target]
-    return f"click({matches[0].bid!r})" if matches else None
 
 
 @dataclass
@@ -187,7 +142,8 @@ def warm_up(cfg: DictConfig, env_url: str, out_dir: Path) -> Path:
     """Demonstrations from the env server at env_url, SFT of cfg.model, the checkpoint folder."""
     model, tokenizer = load_policy(cfg.model)
     chat = ChatFormat(tokenizer, cfg.model.eot_token)
-    pool = EnvPool(lambda: env_url, cfg.env.sessions, cfg.env.message_timeout_s)
+    options = {"observation_delay": cfg.sft.observation_delay}
+    pool = EnvPool(lambda: env_url, cfg.env.sessions, cfg.env.message_timeout_s, reset_options=options)
     try:
         demos = collect_demonstrations(pool, chat, cfg.task, demonstration_instances(cfg.sft))
     finally:

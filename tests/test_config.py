@@ -65,6 +65,9 @@ def test_trainer_block_reaches_grpo_config(compose_cfg):
         (["+trainer.not_a_field=1"], "trainer.not_a_field"),
         (["rewards.success=0"], "rewards"),
         (["env=remote", "env.url=http://127.0.0.1:9"], "env.url"),
+        (["task.observation_delay=5"], "task.observation_delay"),
+        (["sft=oracle", "sft.tasks=[click-test,click-link]"], "sft.tasks"),
+        (["sft=oracle", "sft.observation_delay=-1"], "sft.observation_delay"),
     ],
 )
 def test_bad_config_names_the_key(compose_cfg, overrides, key):

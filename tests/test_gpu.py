@@ -42,10 +42,12 @@ def test_lfm2_defaults(compose_cfg):
     assert cfg.lora.target_modules == "all-linear"  # LFM2's in_proj/out_proj/w1-w3 too, not only q, k, v
 
 
-def test_book_flight_budget(compose_cfg):
-    cfg = compose_cfg("task=book-flight")
-    assert 10 <= cfg.task.max_steps <= 15
-    assert cfg.task.prompt.max_axtree_chars >= 3000  # the open datepicker alone renders ~2.4k chars
+def test_book_flight_settings(compose_cfg):
+    cfg = compose_cfg("+experiment=book_flight")
+    assert 10 <= cfg.task.max_steps <= 15  # the oracle takes 8-10 steps
+    assert cfg.task.observation_delay > 0.3  # the autocomplete list opens 300 ms after typing
+    assert cfg.task.prompt.compact and cfg.sft.enabled and list(cfg.sft.tasks) == ["book-flight"]
+    assert cfg.trainer.max_completion_length >= 4096  # oracle episodes: up to 3.8k tokens (benchmarks.md)
 
 
 @pytest.mark.gpu

@@ -1,4 +1,4 @@
-"""SFT warm-up: the oracle on real pages, demonstrations in the RL token format, tiny-lfm2 SFT -> loadable."""
+"""SFT warm-up: oracle demonstrations on real pages in the RL token format, tiny-lfm2 SFT -> loadable."""
 
 from __future__ import annotations
 
@@ -8,25 +8,7 @@ from omegaconf import OmegaConf, open_dict
 from browserrl.env.pool import EnvPool
 from browserrl.modeling import load_policy
 from browserrl.rollout import ChatFormat
-from browserrl.sft import collect_demonstrations, oracle_action, start_from, train_sft
-
-ENTER = "RootWebArea 'Enter Text Task', focused\n\t[14] textbox ''\n\t[15] button 'Submit'"
-
-
-def test_oracle_reads_goal_and_axtree():
-    buttons = "RootWebArea 'x'\n\t[12] button 'submit'\n\t[16] textbox ''\n\t[18] button 'cancel'"
-    assert oracle_action('Click on the "cancel" button.', buttons) == "click('18')"
-    assert oracle_action("Click button TWO.", "\t[13] button 'ONE'\n\t[14] button 'TWO'") == "click('14')"
-    assert oracle_action("Focus into the textbox.", "\t[12] textbox ''") == "click('12')"
-    goal = 'Enter "Kanesha" into the text field and press Submit.'
-    assert oracle_action(goal, ENTER) == "fill('14', 'Kanesha')"
-    filled = ENTER.replace("textbox ''", "textbox '' value='Kanesha', focused")
-    assert oracle_action(goal, filled) == "click('15')"
-    masked = "\t[16] textbox '' value='\u2022\u2022'\n\t[19] textbox ''\n\t[20] button 'Submit'"
-    assert oracle_action('Enter the password "ab" into both text fields and press submit.', masked) == (
-        "fill('19', 'ab')"
-    )
-    assert oracle_action('Click on the link "sed".', "\tStaticText 'sed'") is None  # no bid to click
+from browserrl.sft import collect_demonstrations, start_from, train_sft
 
 
 @pytest.mark.browser

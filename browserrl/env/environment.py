@@ -46,7 +46,12 @@ from playwright.sync_api import Error as PlaywrightError
 
 from browserrl.actions import ACTION_FUNCTIONS, DEFAULT_ALLOWED, MAX_ACTION_LEN, ActionError, parse_action
 from browserrl.env.launcher import EnvSetupError, find_chromium, miniwob_base_url
-from browserrl.env.models import BrowserGymAction, BrowserGymObservation, BrowserGymState
+from browserrl.env.models import (
+    MAX_OBSERVATION_DELAY,
+    BrowserGymAction,
+    BrowserGymObservation,
+    BrowserGymState,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +97,9 @@ class EnvConfig:
     #: Steps after which an unfinished episode ends with ``truncated`` (``done`` true, reward 0).
     max_steps: int = 20
     #: Seconds to wait after an action before validating and observing (BrowserGym waits 0.5 s). The
-    #: default 0 is checked against 0.5 by ``scripts/bench_env.py --delay-check``: same rewards.
+    #: default 0 is checked against 0.5 by ``scripts/bench_env.py --delay-check``: same rewards on simple
+    #: tasks. Pages with debounced widgets (book-flight's autocomplete) need more: clients ask for it per
+    #: episode with ``reset(observation_delay=...)``.
     pre_observation_delay: float = 0.0
     #: Attach a PNG screenshot to every observation (clients can also ask per reset or per step).
     screenshot: bool = False
@@ -142,9 +149,13 @@ def _no_chat(_: str) -> None:
 
 
 def _short_error(exc: BaseException) -> str:
-    """First line of an exception (Playwright appends call logs), bounded for the policy's prompt."""
-    first = (str(exc).strip().splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {first}"[:300]
+    """First line of an exception, bounded for the policy's prompt, plus the reason from Playwright's call
+    log when it gives one (a read-only box: "element is not editable"; a covered one: "... intercepts
+    pointer events")."""
+    lines = [line.strip(" -") for line in str(exc).strip().splitlines()] or [""]
+    reasons = [line for line in lines[1:] if line.startswith("element is") or "intercepts pointer" in line]
+    reason = f" ({reasons[-1]})" if reasons else ""
+    return f"{type(exc).__name__}: {lines[0]}{reason}"[:300]
 
 
 class MiniWoBEnvironment(Environment[BrowserGymAction, BrowserGymObservation, BrowserGymState]):
@@ -167,6 +178,7 @@ class MiniWoBEnvironment(Environment[BrowserGymAction, BrowserGymObservation, Br
         self._task: AbstractMiniwobTask | None = None
         self._actions: dict[str, Any] = {}
         self._screenshot = self.config.screenshot
+        self._delay = self.config.pre_observation_delay
         self._last: BrowserGymObservation | None = None
         self._state = BrowserGymState(
             task_name=canonical_task(self.config.task), max_steps=self.config.max_steps
@@ -181,10 +193,17 @@ class MiniWoBEnvironment(Environment[BrowserGymAction, BrowserGymObservation, Br
         episode_id: str | None = None,
         task_name: str | None = None,
         screenshot: bool | None = None,
+        observation_delay: float | None = None,
         **_: Any,
     ) -> BrowserGymObservation:
-        """Start an episode: ``task_name`` switches the session's task, the same seed gives the same page."""
-        return self._run(self._reset, seed, episode_id, task_name, screenshot)
+        """Start an episode: ``task_name`` switches the session's task, the same seed gives the same page.
+
+        ``screenshot`` and ``observation_delay`` (seconds between an action and the observation, for pages
+        whose widgets answer late, like book-flight's autocomplete) hold for this episode only.
+        """
+        if observation_delay is not None and not 0 <= observation_delay <= MAX_OBSERVATION_DELAY:
+            raise ValueError(f"observation_delay: {observation_delay} is not in [0, {MAX_OBSERVATION_DELAY}]")
+        return self._run(self._reset, seed, episode_id, task_name, screenshot, observation_delay)
 
     def step(
         self, action: BrowserGymAction, timeout_s: float | None = None, **_: Any
@@ -286,7 +305,12 @@ class MiniWoBEnvironment(Environment[BrowserGymAction, BrowserGymObservation, Br
         return self._page
 
     def _reset(
-        self, seed: int | None, episode_id: str | None, task_name: str | None, screenshot: bool | None
+        self,
+        seed: int | None,
+        episode_id: str | None,
+        task_name: str | None,
+        screenshot: bool | None,
+        observation_delay: float | None,
     ) -> BrowserGymObservation:
         t0 = time.perf_counter()
         name = canonical_task(task_name or self._state.task_name)
@@ -298,6 +322,7 @@ class MiniWoBEnvironment(Environment[BrowserGymAction, BrowserGymObservation, Br
         goal, _ = task.setup(page)
         self._task = task
         self._screenshot = self.config.screenshot if screenshot is None else bool(screenshot)
+        self._delay = self.config.pre_observation_delay if observation_delay is None else observation_delay
         self._state = BrowserGymState(
             episode_id=episode_id or str(uuid4()),
             step_count=0,
@@ -331,8 +356,8 @@ class MiniWoBEnvironment(Environment[BrowserGymAction, BrowserGymObservation, Br
             error = _short_error(e)
         self._page = self._actions["page"]  # tab actions may switch the active page
         try:
-            if self.config.pre_observation_delay > 0:
-                self._page.wait_for_timeout(self.config.pre_observation_delay * 1000)
+            if self._delay > 0:
+                self._page.wait_for_timeout(self._delay * 1000)
             self._page.wait_for_load_state("domcontentloaded", timeout=3000)
             reward, done, _, info = self._task.validate(self._page, [])
         except PlaywrightError as e:

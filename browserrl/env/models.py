@@ -12,6 +12,9 @@ from typing import Any
 from openenv.core.env_server.types import Action, Observation, State
 from pydantic import Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer
 
+#: Upper bound of the per-episode ``observation_delay`` a client may ask for at reset, in seconds.
+MAX_OBSERVATION_DELAY = 2.0
+
 
 class BrowserGymAction(Action):
     """One BrowserGym action string, e.g. ``click('13')``.

@@ -35,8 +35,11 @@ class EnvPool:
         size: int,
         message_timeout_s: float = 60.0,
         on_failure: Callable[[], None] | None = None,
+        reset_options: dict[str, Any] | None = None,
     ):
+        """`reset_options` go with every reset: observation_delay, screenshot (MiniWoBEnvironment.reset)."""
         self.url, self.size, self.timeout, self.on_failure = url, size, message_timeout_s, on_failure
+        self.reset_options = dict(reset_options or {})
         self._clients: list[BrowserGymEnv | None] = [None] * size
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="env-pool", daemon=True)
@@ -76,7 +79,10 @@ class EnvPool:
     def reset(
         self, slots: Sequence[int], tasks: Sequence[str], seeds: Sequence[int]
     ) -> list[StepResult | EnvFailure]:
-        calls = [(s, "reset", {"seed": seed, "task_name": t}) for s, t, seed in zip(slots, tasks, seeds)]
+        calls = [
+            (s, "reset", {"seed": seed, "task_name": t, **self.reset_options})
+            for s, t, seed in zip(slots, tasks, seeds)
+        ]
         return self._gather(calls)
 
     def step(self, slots: Sequence[int], actions: Sequence[str]) -> list[StepResult | EnvFailure]:

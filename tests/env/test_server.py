@@ -69,10 +69,13 @@ def test_book_flight_accepts_fill_and_click(server: LocalEnvServer) -> None:
             filled = await env.step(BrowserGymAction(action_str=f"fill('{from_bid}', 'Thorne Bay, AK')"))
             assert not filled.observation.last_action_error, filled.observation.error
             assert "Thorne Bay, AK" in filled.observation.axtree_txt
+            date = find_bid(filled.observation.axtree_txt, "textbox", "")
+            typed = await env.step(BrowserGymAction(action_str=f"fill('{date}', '10/03/2016')"))
+            assert "element is not editable" in typed.observation.error  # read-only: use the date picker
             search = find_bid(filled.observation.axtree_txt, "button", "Search")
             clicked = await env.step(BrowserGymAction(action_str=f"click('{search}')"))
             assert not clicked.observation.last_action_error, clicked.observation.error
-            assert clicked.observation.metadata["step"] == 2
+            assert clicked.observation.metadata["step"] == 3
 
     run(go())
 
@@ -114,6 +117,21 @@ def test_screenshot_only_when_asked(server: LocalEnvServer) -> None:
             assert png.startswith(b"\x89PNG") and len(png) < 200_000
             with_reset = await env.reset(seed=1, task_name="click-test", screenshot=True)
             assert base64.b64decode(with_reset.observation.screenshot).startswith(b"\x89PNG")
+
+    run(go())
+
+
+def test_observation_delay_per_episode(server: LocalEnvServer) -> None:
+    async def go() -> None:
+        async with BrowserGymEnv(base_url=server.url) as env:
+            await env.reset(seed=1, task_name="click-test", observation_delay=0.3)
+            waited = await env.step(BrowserGymAction(action_str="noop(0)"))
+            assert waited.observation.metadata["timing"]["action_s"] >= 0.3
+            await env.reset(seed=1, task_name="click-test")  # back to the server's default (0)
+            quick = await env.step(BrowserGymAction(action_str="noop(0)"))
+            assert quick.observation.metadata["timing"]["action_s"] < 0.3
+            with pytest.raises(EnvServerRefused, match="observation_delay"):
+                await env.reset(seed=1, observation_delay=30)
 
     run(go())
 
