@@ -65,8 +65,8 @@ class ScreenshotRecorder:
     """Wraps an EnvPool for the rollout engine and keeps every observation's screenshot, per episode.
 
     The engine resets slots chunk by chunk in episode order, so the n-th reset starts the n-th episode.
-    Screenshots come when the server sends them (a local one started with `screenshot=True`, a remote one
-    run with `--screenshot`, or OpenEnv's BrowserGym Space, which always does).
+    Screenshots come when the pool asks for them at reset (`reset_options={"screenshot": True}`), or when
+    the server sends them anyway (one run with `--screenshot`, or OpenEnv's BrowserGym Space).
     """
 
     def __init__(self, pool: EnvPool):
@@ -177,15 +177,14 @@ def _cell(key: str, value: Any) -> str:
 
 
 @contextmanager
-def _env_url(cfg: DictConfig, screenshots: bool) -> Iterator[str]:
-    """A local env server for this evaluation (with screenshots if asked), or the configured remote url."""
+def _env_url(cfg: DictConfig) -> Iterator[str]:
+    """A local env server for this evaluation, or the configured remote url."""
     if cfg.env.mode == "remote":
         yield cfg.env.url
         return
     from browserrl.env.launcher import LocalEnvServer
 
-    options = {"screenshot": True} if screenshots else {}
-    with LocalEnvServer(task=cfg.task.name, max_sessions=cfg.env.sessions + 2, **options) as server:
+    with LocalEnvServer(task=cfg.task.name, max_sessions=cfg.env.sessions + 2) as server:
         yield server.url
 
 
@@ -233,13 +232,14 @@ def evaluate_checkpoint(
     models["checkpoint"] = lambda: policy
     seeds = heldout_seeds(cfg)
     rows = []
-    with _env_url(cfg, screenshots) as url:
-        pool = EnvPool(lambda: url, cfg.env.sessions, cfg.env.message_timeout_s)
+    options = {"observation_delay": cfg.task.get("observation_delay", 0.0), "screenshot": screenshots}
+    with _env_url(cfg) as url:
+        pool = EnvPool(lambda: url, cfg.env.sessions, cfg.env.message_timeout_s, reset_options=options)
         recorder = ScreenshotRecorder(pool) if screenshots else None
         try:
             for model_name, load in models.items():
                 generator = HFGenerator(load(), tokenizer.pad_token_id, chat.eot_id, sampling)
-                engine = RolloutEngine(generator, recorder or pool, chat, cfg.task)
+                engine = RolloutEngine(generator, recorder or pool, chat, cfg.task, t.max_completion_length)
                 for decoding, runs in (("greedy", seeds), ("sampled", seeds * samples)):
                     metrics, episodes = evaluate(engine, cfg.task.name, runs, greedy=decoding == "greedy")
                     frames = recorder.take() if recorder else [[] for _ in episodes]

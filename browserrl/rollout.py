@@ -59,12 +59,26 @@ class RolloutBatch:
 
 
 class ChatFormat:
-    """Token ids for the first prompt and for each observation appended after a model turn."""
+    """Token ids for the first prompt and for each observation appended after a model turn.
+
+    Built once per model: it checks the chat template on a short conversation, so a template that cannot
+    grow an episode turn by turn fails at load, before any rollout.
+    """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, eot_token: str | None = None):
         self.tokenizer = tokenizer
         self.eot_token = eot_token or tokenizer.eos_token
         self.eot_id = tokenizer.convert_tokens_to_ids(self.eot_token)
+        conversation = [
+            {"role": "system", "content": "s"},
+            {"role": "user", "content": "u"},
+            {"role": "assistant", "content": "a"},
+        ]
+        if self.eot_token not in self.render(conversation, generation_prompt=False):
+            raise ValueError(
+                f"the chat template never writes end-of-turn {self.eot_token!r}: set model.eot_token"
+            )
+        self.continuation_ids(conversation, "u")
 
     def render(self, messages: list[dict[str, str]], generation_prompt: bool) -> str:
         return self.tokenizer.apply_chat_template(
@@ -101,11 +115,23 @@ def instance_prompt(task: str, seed: int) -> str:
 
 
 class RolloutEngine:
-    """Plays episodes: generator for the policy's turns, env pool for the pages."""
+    """Plays episodes: generator for the policy's turns, env pool for the pages.
 
-    def __init__(self, generator: Generator, pool: EnvPool, chat: ChatFormat, task: DictConfig):
+    `max_completion_tokens` (trainer.max_completion_length) bounds an episode's completion_ids: an episode
+    whose next observation and turn would not fit ends there, truncated, like one that reached max_steps.
+    """
+
+    def __init__(
+        self,
+        generator: Generator,
+        pool: EnvPool,
+        chat: ChatFormat,
+        task: DictConfig,
+        max_completion_tokens: int | None = None,
+    ):
         self.generator, self.pool, self.chat, self.task = generator, pool, chat, task
         self.allowed = frozenset(task.get("allowed_actions") or DEFAULT_ALLOWED)
+        self.max_completion_tokens = max_completion_tokens
 
     def play(self, instances: Sequence[tuple[str, int]], greedy: bool = False) -> RolloutBatch:
         batch = RolloutBatch([])
@@ -169,6 +195,7 @@ class RolloutEngine:
         episode.raw_reward = float(obs.metadata.get("raw_reward", result.reward or 0.0))
         episode.success = (result.reward or 0.0) > 0
         episode.done = bool(result.done)
+        episode.truncated = bool(obs.metadata.get("truncated"))  # the server's max_steps may end it first
         episode.trace.append(
             {
                 "action": action,
@@ -183,7 +210,13 @@ class RolloutEngine:
             episode.done = episode.truncated = True
             return
         user_text = observation_text(obs, self.task)
-        episode.extend(self.chat.continuation_ids(episode.messages, user_text), None, from_model=False)
+        env_ids = self.chat.continuation_ids(episode.messages, user_text)
+        next_turn = len(env_ids) + self.task.max_action_tokens + 1  # the observation, a turn, its end
+        budget = self.max_completion_tokens
+        if budget and len(episode.completion_ids) + next_turn > budget:
+            episode.done = episode.truncated = True
+            return
+        episode.extend(env_ids, None, from_model=False)
         episode.messages.append({"role": "user", "content": user_text})
 
 

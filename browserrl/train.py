@@ -127,14 +127,20 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         sampling = SamplingParams(
             validated.temperature, validated.top_p, validated.top_k or 0, cfg.task.max_action_tokens
         )
-        pool = EnvPool(url, cfg.env.sessions, cfg.env.message_timeout_s, on_failure=heal)
+        pool = EnvPool(
+            url,
+            cfg.env.sessions,
+            cfg.env.message_timeout_s,
+            on_failure=heal,
+            reset_options={"observation_delay": cfg.task.observation_delay},
+        )
         stack.callback(pool.close)
 
         def hf_generator(policy: Any) -> HFGenerator:
             """transformers generate on `policy`: the base model now, the trained one (maybe PEFT) later."""
             return HFGenerator(policy, tokenizer.pad_token_id, chat.eot_id, sampling)
 
-        engine = RolloutEngine(hf_generator(model), pool, chat, cfg.task)
+        engine = RolloutEngine(hf_generator(model), pool, chat, cfg.task, validated.max_completion_length)
         wandb_run = start_wandb(cfg, run_dir)
         if wandb_run is not None:
             stack.callback(wandb_run.finish)

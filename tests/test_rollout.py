@@ -33,7 +33,7 @@ def task(root):
     return cfg
 
 
-def play(tiny, task, env_url, n: int = 4):
+def play(tiny, task, env_url, n: int = 4, max_completion_tokens: int | None = None, greedy=False):
     model, tokenizer = tiny
     chat = ChatFormat(tokenizer)
     pool = EnvPool(lambda: env_url, size=n)
@@ -41,8 +41,9 @@ def play(tiny, task, env_url, n: int = 4):
         generator = HFGenerator(
             model, tokenizer.pad_token_id, chat.eot_id, SamplingParams(TEMPERATURE, 1.0, 0, 6)
         )
-        engine = RolloutEngine(generator, pool, chat, task)
-        return engine.play([("click-test", 7)] * (n // 2) + [("click-test", 8)] * (n - n // 2)), chat
+        engine = RolloutEngine(generator, pool, chat, task, max_completion_tokens)
+        instances = [("click-test", 7)] * (n // 2) + [("click-test", 8)] * (n - n // 2)
+        return engine.play(instances, greedy), chat
     finally:
         pool.close()
 
@@ -60,6 +61,17 @@ def test_episode_is_one_masked_sequence(tiny, task, env_url):
         assert e.invalid_actions == 3 and len(e.trace) == 3 and all(t["error"] for t in e.trace)
     out = trainer_output(batch, task.max_steps)
     assert out["valid_action_rate"] == [0.0] * 4 and out["max_steps"] == [3] * 4
+
+
+def test_token_budget_truncates_episodes(tiny, task, env_url):
+    """Greedy turns, same pages: the same episodes again, but the last turn no longer fits the budget."""
+    unbounded, _ = play(tiny, task, env_url, n=2, greedy=True)
+    assert [e.steps for e in unbounded.episodes] == [3, 3]
+    budget = min(len(e.completion_ids) for e in unbounded.episodes) - 1
+    batch, chat = play(tiny, task, env_url, n=2, max_completion_tokens=budget, greedy=True)
+    for e in batch.episodes:
+        assert e.truncated and e.steps == 2
+        assert len(e.completion_ids) <= budget and e.completion_ids[-1] == chat.eot_id
 
 
 def test_logprobs_match_trainer(tiny, task, env_url, tmp_path):
