@@ -50,6 +50,20 @@ def test_every_experiment_composes_for_each_sweep_point(compose_cfg, name):
     assert len(runs) == len(sweep_combinations(name))  # every sweep point is a distinct run
 
 
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["tuning=lora"], {"learning_rate": 1e-3}),
+        (["tuning=full"], {"learning_rate": 1e-5}),
+        (["infra=gpu"], {"per_device_train_batch_size": 32, "gradient_accumulation_steps": 1}),
+        (["infra=gpu", "trainer.learning_rate=3e-4"], {"learning_rate": 3e-4}),  # the command line wins
+    ],
+)
+def test_groups_override_the_base_trainer_block(compose_cfg, overrides, expected):
+    trainer = compose_cfg(*overrides).trainer
+    assert {key: trainer[key] for key in expected} == expected
+
+
 def test_trainer_block_reaches_grpo_config(compose_cfg):
     args = check_trainer(compose_cfg("trainer.max_steps=2", "trainer.learning_rate=0.003"))
     assert args.max_steps == 2 and args.learning_rate == 0.003
