@@ -116,6 +116,10 @@ def validate(cfg: DictConfig) -> GRPOConfig:
     trainer = check_trainer(cfg)
     if cfg.env.sessions < 1:
         raise ConfigError("env.sessions", "must be >= 1")
+    if cfg.model.source in ("hub", "path") and not cfg.model.get("name_or_path"):
+        raise ConfigError("model.name_or_path", f"model.source={cfg.model.source} needs a hub id or a folder")
+    if cfg.model.source == "path" and not Path(cfg.model.name_or_path, "config.json").exists():
+        raise ConfigError("model.name_or_path", f"no model folder (config.json) at {cfg.model.name_or_path}")
     if cfg.model.source == "packaged":
         from browserrl.modeling import packaged_gguf_dir
 

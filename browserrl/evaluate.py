@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,8 @@ from browserrl.metrics import episode_metrics, episode_record, jsonable
 from browserrl.modeling import load_checkpoint, load_policy
 from browserrl.rollout import ChatFormat, Episode, RolloutEngine
 
+log = logging.getLogger(__name__)
+
 
 def heldout_seeds(cfg: DictConfig) -> list[int]:
     return list(range(cfg.eval.first_seed, cfg.eval.first_seed + cfg.eval.num_seeds))
@@ -36,6 +39,8 @@ def evaluate(
 def heldout_report(engine: RolloutEngine, cfg: DictConfig, prefix: str) -> dict[str, float]:
     """`{prefix}/success_rate`, ... sampled at the training temperature; `{prefix}/greedy_*` if enabled."""
     seeds = heldout_seeds(cfg)
+    decodings = "sampled and greedy" if cfg.eval.greedy else "sampled"
+    log.info("held-out eval (%s): %d %s episodes of %s", prefix, len(seeds), decodings, cfg.task.name)
     sampled, _ = evaluate(engine, cfg.task.name, seeds, greedy=False)
     report = {f"{prefix}/{k}": v for k, v in sampled.items()}
     if cfg.eval.greedy:

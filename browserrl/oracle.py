@@ -136,7 +136,7 @@ def _pick_flight(nodes: list[AXNode], books: list[tuple[int, AXNode]], pick: str
     for i, button in books:
         card = " ".join(n.name for n in nodes[start:i] if n.role == "StaticText")
         durations = _DURATION.findall(card)
-        price = int(_PRICE.match(button.name)[1])  # type: ignore[index]
+        price = int(button.name.rsplit("$", 1)[1])
         minutes = int(durations[-1][0]) * 60 + int(durations[-1][1]) if durations else None
         flights.append((price if pick == "cheapest" else minutes, button.bid))
         start = i + 1

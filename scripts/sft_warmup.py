@@ -1,7 +1,7 @@
 """SFT warm-up on its own: oracle demonstrations -> SFTTrainer -> a checkpoint GRPO can start from.
 
     python scripts/sft_warmup.py sft=oracle [model=... tuning=... infra=...]
-    python train.py model.source=path model.name_or_path=<printed folder>
+    python train.py [model=...] model.source=path model.name_or_path=<printed folder>
 
 Same config tree as train.py (conf/train.yaml), so model, tuning, infra, env and the task's prompt settings
 are those the GRPO run will use. `python train.py sft=oracle` does both steps in one run.
@@ -29,7 +29,11 @@ def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir) / "sft"
     with env_server(cfg) as (url, _):
         final = warm_up(cfg, url(), run_dir)
-    log.info("GRPO from it: python train.py model.source=path model.name_or_path=%s", final.resolve())
+    log.info(
+        "GRPO from it: python train.py model=%s model.source=path model.name_or_path=%s",
+        cfg.model.name,
+        final.resolve(),
+    )
 
 
 if __name__ == "__main__":

@@ -80,6 +80,8 @@ def test_trainer_block_reaches_grpo_config(compose_cfg):
         (["rewards.success=0"], "rewards"),
         (["env=remote", "env.url=http://127.0.0.1:9"], "env.url"),
         (["task.observation_delay=5"], "task.observation_delay"),
+        (["model.source=path"], "model.name_or_path"),
+        (["model.source=path", "model.name_or_path=/nonexistent"], "model.name_or_path"),
         (["sft=oracle", "sft.tasks=[click-test,click-link]"], "sft.tasks"),
         (["sft=oracle", "sft.observation_delay=-1"], "sft.observation_delay"),
     ],
