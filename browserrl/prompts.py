@@ -3,6 +3,9 @@
 The packaged SmolLM2-135M needs both to answer in the action format at all: without the worked example its
 first turn on click-test was never a click; with a long system prompt fewer were. Held-out base rates with
 this prompt are in docs/benchmarks.md.
+
+Long pages (book-flight) can be rendered compact (`task.prompt.compact`): the same elements in about half
+the tokens. The AX-tree line parser here also serves the scripted oracles (browserrl.oracle).
 """
 
 from __future__ import annotations
