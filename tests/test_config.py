@@ -27,6 +27,12 @@ def test_every_group_option_composes(compose_cfg, group, option):
     assert resolved["run_name"]
 
 
+@pytest.mark.parametrize("task", options("task"))
+def test_every_task_passes_validation(compose_cfg, task):
+    """Composing is not enough: validate() reads every task key the run will read."""
+    validate(compose_cfg(f"task={task}", *(["task.name=click-dialog"] if task == "miniwob" else [])))
+
+
 def test_tuning_lora_fields(compose_cfg):
     cfg = compose_cfg("tuning=lora-r8")
     assert cfg.tuning.name == "lora" and cfg.lora.r == 8 and cfg.lora.target_modules == "all-linear"
