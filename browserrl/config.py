@@ -71,6 +71,12 @@ def check_lora(cfg: DictConfig) -> None:
         raise ConfigError("lora", str(exc)) from exc
 
 
+def check_delay(key: str, seconds: float) -> None:
+    """An observation delay the env server accepts at reset (it refuses others)."""
+    if not 0 <= seconds <= MAX_OBSERVATION_DELAY:
+        raise ConfigError(key, f"must be in [0, {MAX_OBSERVATION_DELAY}] seconds")
+
+
 def check_sft(cfg: DictConfig) -> None:
     if not cfg.sft.enabled:
         return
@@ -78,8 +84,7 @@ def check_sft(cfg: DictConfig) -> None:
     if unknown:
         oracles = ", ".join(ORACLE_TASKS)
         raise ConfigError("sft.tasks", f"no scripted oracle for {unknown}; there is one for {oracles}")
-    if not 0 <= cfg.sft.observation_delay <= MAX_OBSERVATION_DELAY:
-        raise ConfigError("sft.observation_delay", f"must be in [0, {MAX_OBSERVATION_DELAY}] seconds")
+    check_delay("sft.observation_delay", cfg.sft.observation_delay)
 
 
 def check_env(cfg: DictConfig) -> None:
@@ -105,8 +110,7 @@ def validate(cfg: DictConfig) -> GRPOConfig:
     miniwob_task(cfg.task.name)
     if cfg.task.max_steps < 1:
         raise ConfigError("task.max_steps", "must be >= 1")
-    if not 0 <= cfg.task.observation_delay <= MAX_OBSERVATION_DELAY:
-        raise ConfigError("task.observation_delay", f"must be in [0, {MAX_OBSERVATION_DELAY}] seconds")
+    check_delay("task.observation_delay", cfg.task.observation_delay)
     check_lora(cfg)
     check_sft(cfg)
     try:
