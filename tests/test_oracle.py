@@ -8,7 +8,10 @@ import json
 import pytest
 
 from browserrl.env.pool import EnvPool
+from browserrl.modeling import load_tokenizer, resolve_model_path
 from browserrl.oracle import book_flight_action, oracle_action
+from browserrl.rollout import ChatFormat
+from browserrl.sft import collect_demonstrations
 from tests.helpers import ROOT
 
 ENTER = "RootWebArea 'Enter Text Task', focused\n\t[14] textbox ''\n\t[15] button 'Submit'"
@@ -83,31 +86,16 @@ def test_recorded_solved_episodes_replay(episode):
         assert oracle_action(episode["goal"], step["axtree"]) == step["oracle"]
 
 
-def play(env_url: str, seeds: list[int], delay: float) -> list[tuple[float, int]]:
-    """(reward, steps) of the oracle on book-flight seeds, through the server and the training pool."""
-    pool = EnvPool(lambda: env_url, size=len(seeds), reset_options={"observation_delay": delay})
+@pytest.mark.browser
+def test_book_flight_oracle_solves_real_pages(compose_cfg, env_url):
+    """Through the server and the training pool, as the SFT warm-up plays it (only solved episodes kept)."""
+    cfg = compose_cfg("task=book-flight")
+    chat = ChatFormat(load_tokenizer(resolve_model_path(cfg.model)), cfg.model.eot_token)
+    seeds = [3, 11, 1000071]
+    pool = EnvPool(lambda: env_url, size=len(seeds), reset_options={"observation_delay": 0.4})
     try:
-        results = pool.reset(range(len(seeds)), ["book-flight"] * len(seeds), seeds)
-        outcome: list[tuple[float, int]] = [(0.0, 0)] * len(seeds)
-        live = {i: r.observation for i, r in enumerate(results)}
-        for step in range(1, 16):
-            acting = {i: oracle_action(obs.goal, obs.axtree_txt) for i, obs in live.items()}
-            acting = {i: a for i, a in acting.items() if a is not None}
-            if not acting:
-                break
-            stepped = pool.step(list(acting), list(acting.values()))
-            live = {}
-            for i, result in zip(acting, stepped):
-                outcome[i] = (result.reward or 0.0, step)
-                if not result.done:
-                    live[i] = result.observation
-        return outcome
+        demos = collect_demonstrations(pool, chat, cfg.task, [("book-flight", s) for s in seeds])
     finally:
         pool.close()
-
-
-@pytest.mark.browser
-def test_book_flight_oracle_solves_real_pages(env_url):
-    outcomes = play(env_url, [3, 11, 1000071], delay=0.4)
-    assert [reward for reward, _ in outcomes] == [1.0, 1.0, 1.0]
-    assert all(8 <= steps <= 10 for _, steps in outcomes)
+    assert [d.seed for d in demos] == seeds
+    assert all(8 <= len(d.actions) <= 10 for d in demos)
