@@ -15,7 +15,6 @@ RUN pip install --no-cache-dir \
     "playwright==1.44.0" "uvicorn" "fastapi"
 
 WORKDIR /app
-COPY browserrl/actions.py browserrl/actions.py
 COPY browserrl/env/ browserrl/env/
 COPY scripts/serve_env.py scripts/serve_env.py
 

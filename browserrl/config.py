@@ -1,17 +1,23 @@
-"""Check a composed config in seconds, before any model or browser starts, naming the key and the fix."""
+"""The composed config: each task's settings, and the checks that run in seconds, before any model or browser
+starts, each failure naming its key and the fix."""
 
 from __future__ import annotations
 
-import dataclasses
+import functools
+import typing
 from pathlib import Path
+from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from trl import GRPOConfig
 
 from browserrl import rewards
-from browserrl.env.launcher import EnvSetupError, check_env_url, miniwob_base_url, preflight
+from browserrl.env.actions import fits_type, resolve_allowed
+from browserrl.env.launcher import EnvSetupError, check_env_url, preflight
 from browserrl.env.models import MAX_OBSERVATION_DELAY
-from browserrl.modeling import lora_config
+from browserrl.env.tasks import canonical_task
+from browserrl.modeling import bf16_native, lora_config
 from browserrl.oracle import ORACLE_TASKS
 
 
@@ -23,58 +29,122 @@ class ConfigError(ValueError):
         self.key = key
 
 
-def miniwob_task(name: str) -> str:
-    """`click-test` or `miniwob.click-test` -> `click-test`, if the MiniWoB++ bundle has that page."""
-    short = name.removeprefix("miniwob.")
+def task_config(cfg: DictConfig, name: str) -> DictConfig:
+    """One task's settings: its entry in `tasks` (a suite's tasks with a conf/task file), else `task`'s
+    settings under that name."""
+    if name in cfg.get("tasks", {}):
+        return cfg.tasks[name]
+    if name == cfg.task.name:
+        return cfg.task
+    return OmegaConf.merge(cfg.task, {"name": name})
+
+
+def task_configs(cfg: DictConfig, names: list[str] | None = None) -> dict[str, DictConfig]:
+    """Settings by task name for `names` (default: the suite's tasks), as the rollout engine reads them."""
+    return {name: task_config(cfg, name) for name in names or cfg.suite.tasks}
+
+
+def _positive_int(key: str, value: Any, minimum: int = 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(key, f"must be an integer >= {minimum}, got {value!r}")
+
+
+def check_task(key: str, task: DictConfig) -> None:
     try:
-        base = miniwob_base_url()
-    except EnvSetupError as exc:
-        raise ConfigError("task.name", str(exc)) from exc
-    if not base.startswith("file://"):
-        return short  # pages served over http: the env server will say if the task is unknown
-    pages = Path(base.removeprefix("file://"))
-    if not (pages / f"{short}.html").exists():
-        family = short.split("-")[0]
-        close = sorted(p.stem for p in pages.glob(f"{family}-*.html"))
-        hint = f" (similar: {', '.join(close[:8])})" if close else ""
-        raise ConfigError("task.name", f"no MiniWoB++ task named {name!r}{hint}")
-    return short
+        canonical_task(task.name)
+    except ValueError as exc:
+        raise ConfigError(f"{key}.name", str(exc)) from exc
+    _positive_int(f"{key}.max_steps", task.max_steps)
+    _positive_int(f"{key}.max_action_tokens", task.max_action_tokens)
+    check_delay(f"{key}.observation_delay", task.observation_delay)
+    if task.get("allowed_actions"):
+        try:
+            resolve_allowed(task.allowed_actions)
+        except ValueError as exc:
+            raise ConfigError(f"{key}.allowed_actions", str(exc)) from exc
 
 
-def check_trainer(cfg: DictConfig) -> GRPOConfig:
-    """Build GRPOConfig from `cfg.trainer`, turning an unknown field into an error that names it."""
-    fields = {f.name for f in dataclasses.fields(GRPOConfig)}
-    unknown = sorted(set(cfg.trainer) - fields)
-    if unknown:
-        raise ConfigError(f"trainer.{unknown[0]}", "not a trl.GRPOConfig field")
+def check_delay(key: str, seconds: Any) -> None:
+    """An observation delay the env server accepts at reset (it refuses others)."""
+    if not fits_type(seconds, float) or not 0 <= seconds <= MAX_OBSERVATION_DELAY:
+        raise ConfigError(
+            key, f"must be a number of seconds in [0, {MAX_OBSERVATION_DELAY}], got {seconds!r}"
+        )
+
+
+def check_tasks(cfg: DictConfig) -> None:
+    """The run's task, every suite task and every per-task entry: known to MiniWoB++, sane settings."""
+    check_task("task", cfg.task)
+    if not cfg.suite.tasks:
+        raise ConfigError("suite.tasks", "lists no task")
+    for name in cfg.suite.tasks:
+        try:
+            canonical_task(name)
+        except ValueError as exc:
+            raise ConfigError("suite.tasks", str(exc)) from exc
+    for name, task in cfg.get("tasks", {}).items():
+        check_task(f"tasks.{name}", task)
+        if task.name != name:
+            raise ConfigError(f"tasks.{name}.name", f"must be {name!r} (the key), got {task.name!r}")
+
+
+@functools.cache
+def _grpo_fields() -> dict[str, Any]:
+    return typing.get_type_hints(GRPOConfig)
+
+
+def grpo_config(cfg: DictConfig, output_dir: str | Path, report_to: list[str]) -> GRPOConfig:
+    """`GRPOConfig(**cfg.trainer)`, with the reward weights, after checking every field's name and type."""
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    fields = _grpo_fields()
+    for key, value in trainer.items():
+        if key not in fields:
+            raise ConfigError(f"trainer.{key}", "not a trl.GRPOConfig field (add new fields with +trainer.)")
+        if not fits_type(value, fields[key]):
+            expected = str(fields[key]).replace("typing.", "").replace("<class '", "").replace("'>", "")
+            raise ConfigError(f"trainer.{key}", f"must be {expected}, got {value!r}")
+    _positive_int("trainer.max_steps", trainer.get("max_steps"))  # training is counted in steps, not epochs
+    for key in ("temperature", "learning_rate"):
+        if key in trainer and not trainer[key] > 0:
+            raise ConfigError(f"trainer.{key}", f"must be > 0, got {trainer[key]!r}")
+    _, weights = rewards.select(dict(cfg.rewards))
     try:
         return GRPOConfig(
-            **OmegaConf.to_container(cfg.trainer, resolve=True), output_dir="unused", report_to=[]
+            **trainer,
+            output_dir=str(output_dir),
+            run_name=cfg.run_name,
+            report_to=report_to,
+            reward_weights=weights,
         )
     except (ValueError, TypeError) as exc:
-        raise ConfigError("trainer", str(exc)) from exc
+        raise ConfigError("trainer", str(exc).splitlines()[0]) from exc
+
+
+def set_precision(cfg: DictConfig) -> None:
+    """`infra.precision` (auto, bf16, fp32) decides `trainer.bf16`: the trainer's autocast, which the
+    sampler (HFGenerator) and the SFT warm-up follow. auto: bf16 where it is native (modeling.bf16_native)."""
+    precision = cfg.infra.get("precision", "fp32")
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ConfigError("infra.precision", f"must be auto, bf16 or fp32, got {precision!r}")
+    if "bf16" in cfg.trainer:
+        raise ConfigError("trainer.bf16", "set by infra.precision (auto, bf16, fp32): use that instead")
+    bf16 = precision == "bf16" or (precision == "auto" and bf16_native(bool(cfg.trainer.get("use_cpu"))))
+    with open_dict(cfg):
+        cfg.trainer.bf16 = bf16
 
 
 def check_lora(cfg: DictConfig) -> None:
     if cfg.tuning.name != "lora":
         return
-    r, alpha, dropout = cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout
-    if not isinstance(r, int) or r <= 0:
-        raise ConfigError("lora.r", f"must be a positive integer, got {r!r}")
-    if alpha <= 0:
-        raise ConfigError("lora.alpha", f"must be > 0, got {alpha!r}")
-    if not 0 <= dropout < 1:
-        raise ConfigError("lora.dropout", f"must be in [0, 1), got {dropout!r}")
+    _positive_int("lora.r", cfg.lora.r)
+    if not fits_type(cfg.lora.lora_alpha, float) or cfg.lora.lora_alpha <= 0:
+        raise ConfigError("lora.lora_alpha", f"must be > 0, got {cfg.lora.lora_alpha!r}")
+    if not fits_type(cfg.lora.lora_dropout, float) or not 0 <= cfg.lora.lora_dropout < 1:
+        raise ConfigError("lora.lora_dropout", f"must be in [0, 1), got {cfg.lora.lora_dropout!r}")
     try:
         lora_config(cfg)
     except (TypeError, ValueError) as exc:
         raise ConfigError("lora", str(exc)) from exc
-
-
-def check_delay(key: str, seconds: float) -> None:
-    """An observation delay the env server accepts at reset (it refuses others)."""
-    if not 0 <= seconds <= MAX_OBSERVATION_DELAY:
-        raise ConfigError(key, f"must be in [0, {MAX_OBSERVATION_DELAY}] seconds")
 
 
 def check_sft(cfg: DictConfig) -> None:
@@ -84,10 +154,13 @@ def check_sft(cfg: DictConfig) -> None:
     if unknown:
         oracles = ", ".join(ORACLE_TASKS)
         raise ConfigError("sft.tasks", f"no scripted oracle for {unknown}; there is one for {oracles}")
-    check_delay("sft.observation_delay", cfg.sft.observation_delay)
+    _positive_int("sft.episodes_per_task", cfg.sft.episodes_per_task)
 
 
 def check_env(cfg: DictConfig) -> None:
+    _positive_int("env.sessions", cfg.env.sessions)
+    if not fits_type(cfg.env.message_timeout_s, float) or cfg.env.message_timeout_s <= 0:
+        raise ConfigError("env.message_timeout_s", f"must be > 0 seconds, got {cfg.env.message_timeout_s!r}")
     if cfg.env.mode == "local":
         try:
             preflight()
@@ -104,32 +177,61 @@ def check_env(cfg: DictConfig) -> None:
         raise ConfigError("env.mode", f"must be local or remote, got {cfg.env.mode!r}")
 
 
-def validate(cfg: DictConfig) -> GRPOConfig:
-    """All checks that need no model; returns the GRPOConfig they built."""
-    OmegaConf.resolve(cfg)  # a missing mandatory value (???) fails here, with its key
-    miniwob_task(cfg.task.name)
-    if cfg.task.max_steps < 1:
-        raise ConfigError("task.max_steps", "must be >= 1")
-    check_delay("task.observation_delay", cfg.task.observation_delay)
-    check_lora(cfg)
-    check_sft(cfg)
-    try:
-        rewards.select(dict(cfg.rewards))
-    except ValueError as exc:
-        raise ConfigError("rewards", str(exc)) from exc
-    trainer = check_trainer(cfg)
-    if cfg.env.sessions < 1:
-        raise ConfigError("env.sessions", "must be >= 1")
-    if cfg.model.source in ("hub", "path") and not cfg.model.get("name_or_path"):
-        raise ConfigError("model.name_or_path", f"model.source={cfg.model.source} needs a hub id or a folder")
-    if cfg.model.source == "path" and not Path(cfg.model.name_or_path, "config.json").exists():
+def check_model(cfg: DictConfig) -> None:
+    source = cfg.model.source
+    if source not in ("packaged", "tiny", "hub", "path"):
+        raise ConfigError("model.source", f"must be packaged, tiny, hub or path, got {source!r}")
+    if source in ("hub", "path") and not cfg.model.get("name_or_path"):
+        raise ConfigError("model.name_or_path", f"model.source={source} needs a hub id or a folder")
+    if source == "path" and not Path(cfg.model.name_or_path, "config.json").exists():
         raise ConfigError("model.name_or_path", f"no model folder (config.json) at {cfg.model.name_or_path}")
-    if cfg.model.source == "packaged":
+    if source == "packaged":
         from browserrl.modeling import packaged_gguf_dir
 
         try:
             packaged_gguf_dir()
         except RuntimeError as exc:
             raise ConfigError("model", str(exc)) from exc
+
+
+def check_eval(cfg: DictConfig) -> None:
+    _positive_int("eval.num_seeds", cfg.eval.num_seeds)
+    _positive_int("eval.first_seed", cfg.eval.first_seed, minimum=0)
+    _positive_int("eval.every_steps", cfg.eval.every_steps, minimum=0)
+    if cfg.eval.first_seed < cfg.train_seeds:
+        raise ConfigError("eval.first_seed", f"must be >= train_seeds ({cfg.train_seeds}): held-out seeds")
+
+
+def resolve(cfg: DictConfig) -> None:
+    """Resolve interpolations in place; a missing mandatory value (???) or a broken interpolation names
+    its key."""
+    try:
+        OmegaConf.resolve(cfg)
+        OmegaConf.to_container(cfg, throw_on_missing=True)
+    except MissingMandatoryValue as exc:
+        raise ConfigError(exc.full_key, f"needs a value: add {exc.full_key}=...") from None
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "config"
+        raise ConfigError(key, f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+
+
+def validate(
+    cfg: DictConfig, output_dir: str | Path = "unused", report_to: list[str] | None = None
+) -> GRPOConfig:
+    """Every check that needs no model; returns the run's GRPOConfig (built here, once)."""
+    resolve(cfg)
+    _positive_int("seed", cfg.seed, minimum=0)
+    _positive_int("train_seeds", cfg.train_seeds)
+    check_tasks(cfg)
+    check_lora(cfg)
+    check_sft(cfg)
+    check_eval(cfg)
+    set_precision(cfg)
+    try:
+        rewards.select(dict(cfg.rewards))
+    except ValueError as exc:
+        raise ConfigError("rewards", str(exc)) from exc
+    args = grpo_config(cfg, output_dir, report_to or [])
+    check_model(cfg)
     check_env(cfg)
-    return trainer
+    return args

@@ -6,21 +6,22 @@ import base64
 import io
 import json
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageDraw
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 
-from browserrl.env.pool import EnvFailure, EnvPool
+from browserrl.analysis import markdown_table
+from browserrl.config import task_configs
 from browserrl.generation import HFGenerator, SamplingParams
 from browserrl.metrics import episode_metrics, episode_record, jsonable
 from browserrl.modeling import load_checkpoint, load_policy
-from browserrl.rollout import ChatFormat, Episode, RolloutEngine
+from browserrl.pool import EnvFailure, EnvPool, env_pool
+from browserrl.rollout import ChatFormat, Episode, RolloutEngine, model_policy
 
 log = logging.getLogger(__name__)
 
@@ -30,40 +31,53 @@ def heldout_seeds(cfg: DictConfig) -> list[int]:
 
 
 def evaluate(
-    engine: RolloutEngine, task: str, seeds: list[int], greedy: bool
+    engine: RolloutEngine, tasks: Sequence[str], seeds: Sequence[int], greedy: bool
 ) -> tuple[dict[str, float], list[Episode]]:
-    batch = engine.play([(task, s) for s in seeds], greedy=greedy)
+    """Every task on every seed; the metrics pool all episodes (equal seeds per task: the suite mean) and
+    carry each task's own under `TASK/`."""
+    batch = engine.play([(task, s) for task in tasks for s in seeds], greedy=greedy)
     return episode_metrics(batch.episodes), batch.episodes
 
 
 def heldout_report(engine: RolloutEngine, cfg: DictConfig, prefix: str) -> dict[str, float]:
     """`{prefix}/success_rate`, ... sampled at the training temperature; `{prefix}/greedy_*` if enabled."""
-    seeds = heldout_seeds(cfg)
-    decodings = "sampled and greedy" if cfg.eval.greedy else "sampled"
-    log.info("held-out eval (%s): %d %s episodes of %s", prefix, len(seeds), decodings, cfg.task.name)
-    sampled, _ = evaluate(engine, cfg.task.name, seeds, greedy=False)
-    report = {f"{prefix}/{k}": v for k, v in sampled.items()}
-    if cfg.eval.greedy:
-        greedy, _ = evaluate(engine, cfg.task.name, seeds, greedy=True)
-        report |= {f"{prefix}/greedy_{k}": v for k, v in greedy.items()}
+    seeds, tasks = heldout_seeds(cfg), list(cfg.suite.tasks)
+    report = {}
+    for decoding in ("sampled", "greedy") if cfg.eval.greedy else ("sampled",):
+        metrics, _ = evaluate(engine, tasks, seeds, greedy=decoding == "greedy")
+        tag = "" if decoding == "sampled" else "greedy_"
+        report |= {f"{prefix}/{tag}{k}": v for k, v in metrics.items()}
+        log.info(
+            "held-out %s, %s: success %.3f over %d episodes (%s, %d seeds each)",
+            prefix,
+            decoding,
+            metrics["success_rate"],
+            len(tasks) * len(seeds),
+            ", ".join(tasks),
+            len(seeds),
+        )
     return report
 
 
 class PeriodicEval(TrainerCallback):
     """Held-out eval every `eval.every_steps` optimizer steps (0: never), on the live policy.
 
-    The numbers go into the trainer's metric buffer, so they land as `eval/*` on that step's log line
-    (metrics.jsonl, W&B) next to the training metrics, and the analysis can draw held-out curves.
+    It runs after that step's training log line and logs its own line at the same step through the HF
+    Trainer's `log` (metrics.jsonl, W&B), so the analysis can draw held-out curves next to the training
+    ones. `transformers.Trainer.log`, not GRPOTrainer's: TRL's would add the step's training metrics, which
+    it clears only after this callback returns, to the eval line.
     """
 
-    def __init__(self, engine: RolloutEngine, cfg: DictConfig, metrics: dict[str, dict[str, list[float]]]):
-        self.engine, self.cfg, self.metrics = engine, cfg, metrics
+    def __init__(self, engine: RolloutEngine, cfg: DictConfig, trainer: Any):
+        self.engine, self.cfg, self.trainer = engine, cfg, trainer
         self.every = int(cfg.eval.get("every_steps") or 0)
+        self.last_step = 0
 
-    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001 - HF callback signature
-        if self.every and state.global_step % self.every == 0:
-            for key, value in heldout_report(self.engine, self.cfg, "eval").items():
-                self.metrics["train"][key].append(value)
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 - HF callback signature
+        step = state.global_step
+        if self.every and step % self.every == 0 and step != self.last_step and "reward" in (logs or {}):
+            self.last_step = step  # the log below calls on_log again: that call returns here
+            Trainer.log(self.trainer, heldout_report(self.engine, self.cfg, "eval"))
 
 
 class ScreenshotRecorder:
@@ -79,8 +93,14 @@ class ScreenshotRecorder:
         self.frames: list[list[str | list]] = []
         self._episode_of_slot: dict[int, int] = {}
 
-    def reset(self, slots: Sequence[int], tasks: Sequence[str], seeds: Sequence[int]) -> list[Any]:
-        results = self.pool.reset(slots, tasks, seeds)
+    def reset(
+        self,
+        slots: Sequence[int],
+        tasks: Sequence[str],
+        seeds: Sequence[int],
+        options: Sequence[dict[str, Any]] | None = None,
+    ) -> list[Any]:
+        results = self.pool.reset(slots, tasks, seeds, options)
         for slot, result in zip(slots, results):
             self._episode_of_slot[slot] = len(self.frames)
             self.frames.append([])
@@ -167,30 +187,7 @@ EVAL_COLUMNS = (
 
 def success_table(rows: list[dict[str, Any]]) -> str:
     """Markdown: one row per (model, decoding), the success@N columns, steps and invalid-action rate."""
-    header = ["model", "decoding", *EVAL_COLUMNS]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        cells = [_cell(k, row.get(k)) for k in EVAL_COLUMNS]
-        lines.append("| " + " | ".join([row["model"], row["decoding"], *cells]) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _cell(key: str, value: Any) -> str:
-    if value is None:  # e.g. steps_to_success when nothing was solved
-        return "-"
-    return str(int(value)) if key in ("episodes", "env_errors") else f"{value:.3f}"
-
-
-@contextmanager
-def _env_url(cfg: DictConfig) -> Iterator[str]:
-    """A local env server for this evaluation, or the configured remote url."""
-    if cfg.env.mode == "remote":
-        yield cfg.env.url
-        return
-    from browserrl.env.launcher import LocalEnvServer
-
-    with LocalEnvServer(task=cfg.task.name, max_sessions=cfg.env.sessions + 2) as server:
-        yield server.url
+    return markdown_table([{k: row.get(k) for k in ("model", "decoding", *EVAL_COLUMNS)} for row in rows])
 
 
 def write_traces(
@@ -232,33 +229,30 @@ def evaluate_checkpoint(
     screenshots = screenshots or gif
     chat = ChatFormat(tokenizer, cfg.model.eot_token)
     t = cfg.trainer
-    sampling = SamplingParams(t.temperature, t.top_p, t.get("top_k") or 0, cfg.task.max_action_tokens)
+    sampling = SamplingParams(t.temperature, t.top_p, t.get("top_k") or 0)
     models = {"base": lambda: load_policy(cfg.model)[0]} if baseline else {}
     models["checkpoint"] = lambda: policy
-    seeds = heldout_seeds(cfg)
+    seeds, tasks = heldout_seeds(cfg), list(cfg.suite.tasks)
     rows = []
-    options = {"observation_delay": cfg.task.get("observation_delay", 0.0), "screenshot": screenshots}
-    with _env_url(cfg) as url:
-        pool = EnvPool(lambda: url, cfg.env.sessions, cfg.env.message_timeout_s, reset_options=options)
+    with env_pool(cfg, screenshot=screenshots) as pool:
         recorder = ScreenshotRecorder(pool) if screenshots else None
-        try:
-            for model_name, load in models.items():
-                generator = HFGenerator(load(), tokenizer.pad_token_id, chat.eot_id, sampling)
-                engine = RolloutEngine(generator, recorder or pool, chat, cfg.task, t.max_completion_length)
-                for decoding, runs in (("greedy", seeds), ("sampled", seeds * samples)):
-                    metrics, episodes = evaluate(engine, cfg.task.name, runs, greedy=decoding == "greedy")
-                    frames = recorder.take() if recorder else [[] for _ in episodes]
-                    write_traces(f"{model_name}-{decoding}", episodes, frames, out_dir, gif)
-                    mean_steps = sum(e.steps for e in episodes) / len(episodes)
-                    rows.append(
-                        {"model": model_name, "decoding": decoding, **metrics, "mean_steps": mean_steps}
-                    )
-        finally:
-            pool.close()
+        for model_name, load in models.items():
+            generator = HFGenerator(
+                load(), tokenizer.pad_token_id, chat.eot_id, sampling, t.bf16, cfg.infra.reuse_kv_cache
+            )
+            engine = RolloutEngine(
+                model_policy(generator), recorder or pool, chat, task_configs(cfg), t.max_completion_length
+            )
+            for decoding, runs in (("greedy", seeds), ("sampled", seeds * samples)):
+                metrics, episodes = evaluate(engine, tasks, runs, greedy=decoding == "greedy")
+                frames = recorder.take() if recorder else [[] for _ in episodes]
+                write_traces(f"{model_name}-{decoding}", episodes, frames, out_dir, gif)
+                mean_steps = sum(e.steps for e in episodes) / len(episodes)
+                rows.append({"model": model_name, "decoding": decoding, **metrics, "mean_steps": mean_steps})
     rows = [jsonable(row) for row in rows]
     (out_dir / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     (out_dir / "success_table.md").write_text(
-        f"Held-out evaluation of {checkpoint} on {cfg.task.name}, seeds {seeds[0]}..{seeds[-1]} "
+        f"Held-out evaluation of {checkpoint} on {', '.join(tasks)}, seeds {seeds[0]}..{seeds[-1]} "
         f"({samples} sampled episode(s) per seed at temperature {t.temperature}).\n\n" + success_table(rows)
     )
     return rows

@@ -1,17 +1,22 @@
 """Generation backends: one call turns a batch of token sequences into one model turn each, with logprobs.
 
-The rollout loop only sees `Generator.__call__(contexts, greedy) -> [Turn]`, so transformers `generate` (CPU
-or GPU) and TRL's vLLM integration are interchangeable. Logprobs are log_softmax(logits / temperature) of the
-sampled token: the same quantity GRPOTrainer recomputes, so the two can be compared token for token.
+The rollout loop only sees `Generator.__call__(contexts, greedy, max_new_tokens) -> [Turn]`, so
+transformers `generate` (CPU or GPU) and TRL's vLLM integration are interchangeable. Logprobs are
+log_softmax(logits / temperature) of the sampled token: the same quantity GRPOTrainer recomputes, so the two
+can be compared token for token.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
-from transformers import PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel
+from transformers.cache_utils import DynamicLayer
 
 
 @dataclass
@@ -25,14 +30,16 @@ class Turn:
 
 @dataclass
 class SamplingParams:
+    """GRPOConfig's sampling settings (temperature, top_p, top_k: 0 for none); tokens per turn come from
+    each task's config with every call."""
+
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
-    max_new_tokens: int = 32
 
 
 class Generator(Protocol):
-    def __call__(self, contexts: list[list[int]], greedy: bool = False) -> list[Turn]: ...
+    def __call__(self, contexts: list[list[int]], greedy: bool, max_new_tokens: int) -> list[Turn]: ...
 
 
 def split_turn(ids: list[int], logprobs: list[float], eot_id: int) -> Turn:
@@ -43,48 +50,207 @@ def split_turn(ids: list[int], logprobs: list[float], eot_id: int) -> Turn:
     return Turn(ids, logprobs, finished=False)
 
 
+@dataclass
+class Prefix:
+    """Keys and values of the first len(tokens) tokens of a sequence: per layer, [kv_heads, len, head_dim]."""
+
+    tokens: list[int]
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+    age: int = 0  # calls since it was stored
+
+
+class PrefixCache:
+    """Keys and values of the sequences recent calls ended on, so that the next turn of an episode encodes
+    only what is new (its observation and the generation prompt), not the whole episode again.
+
+    An entry is found by content: the longest one whose tokens are a prefix of the new context. Entries hold
+    for the weights they were computed with only: the cache empties itself when a parameter was written
+    since (an optimizer step or a load bumps each tensor's version counter). Entries not used for two calls
+    (finished episodes) are dropped, and the oldest go first beyond `max_tokens`.
+    """
+
+    def __init__(self, max_tokens: int = 64 * 1024):
+        self.max_tokens = max_tokens
+        self.entries: list[Prefix] = []
+        self.weights_version = -1
+
+    def check_weights(self, model: torch.nn.Module) -> None:
+        version = sum(p._version for p in model.parameters())
+        if version != self.weights_version:
+            self.entries, self.weights_version = [], version
+
+    def match(self, context: list[int]) -> Prefix | None:
+        """The longest entry that is a strict prefix of `context` (one token at least must be fed)."""
+        best = None
+        for entry in self.entries:
+            n = len(entry.tokens)
+            if n < len(context) and (best is None or n > len(best.tokens)) and context[:n] == entry.tokens:
+                best = entry
+        return best
+
+    def update(self, used: list[Prefix | None], new: list[Prefix]) -> None:
+        """After a call: the entries it continued are superseded by the ones it ended on."""
+        used_ids = {id(e) for e in used if e is not None}
+        kept = [e for e in self.entries if id(e) not in used_ids]
+        for entry in kept:
+            entry.age += 1
+        self.entries = [e for e in kept if e.age <= 2] + new
+        while sum(len(e.tokens) for e in self.entries) > self.max_tokens:
+            self.entries.pop(0)
+
+
+def rows_of(cache: Any, rows: list[tuple[int, int, list[int]]]) -> list[Prefix]:
+    """One entry per (batch row, first column, tokens): the row's keys and values from that column on, as
+    many as it has tokens, copied out of the batch."""
+    layers = [(layer.keys, layer.values) for layer in cache.layers]
+    return [
+        Prefix(
+            tokens,
+            [
+                (k[i, :, at : at + len(tokens)].clone(), v[i, :, at : at + len(tokens)].clone())
+                for k, v in layers
+            ],
+        )
+        for i, at, tokens in rows
+    ]
+
+
+def reusable(cache: Any) -> bool:
+    """A plain DynamicCache: every layer a [batch, heads, position, dim] tensor pair that rows can be cut
+    from (Llama-style attention: SmolLM2). LFM2's convolution states and sliding windows are not."""
+    return type(cache) is DynamicCache and all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
 class HFGenerator:
-    """transformers `generate` on a left-padded batch; the model is put in eval mode for the call."""
+    """transformers `generate` on a left-padded batch; the model is put in eval mode for the call.
 
-    def __init__(self, model: PreTrainedModel, pad_id: int, eot_id: int, params: SamplingParams):
+    `bf16`: generate under the same bfloat16 autocast the trainer computes in (trainer.bf16), so sampler and
+    trainer logprobs come from the same arithmetic. `reuse_cache`: keep each sequence's keys and values
+    (PrefixCache) where the model's cache allows it; the first turn of a GRPO group, the same prompt
+    num_generations times, is encoded once.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        pad_id: int,
+        eot_id: int,
+        params: SamplingParams,
+        bf16: bool = False,
+        reuse_cache: bool = True,
+    ):
         self.model, self.pad_id, self.eot_id, self.params = model, pad_id, eot_id, params
+        self.bf16 = bf16
+        self.prefixes = PrefixCache() if reuse_cache else None
 
-    @torch.no_grad()
-    def __call__(self, contexts: list[list[int]], greedy: bool = False) -> list[Turn]:
+    @contextlib.contextmanager
+    def _inference(self) -> Iterator[torch.device]:
         device = next(self.model.parameters()).device
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=self.bf16):
+                yield device
+        finally:
+            self.model.train(was_training)
+
+    def _batch(self, contexts: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(c) for c in contexts)
-        input_ids = torch.tensor([[self.pad_id] * (width - len(c)) + c for c in contexts], device=device)
-        attention = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts], device=device)
+        ids = torch.tensor([[self.pad_id] * (width - len(c)) + c for c in contexts], device=device)
+        mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts], device=device)
+        return ids, mask
+
+    def _prefill_shared(self, contexts: list[list[int]], device: torch.device) -> None:
+        """Encode once each context that several rows share and no entry continues (a GRPO group's prompt)."""
+        counts = Counter(map(tuple, contexts))
+        shared = [list(c) for c, n in counts.items() if n > 1 and self.prefixes.match(list(c)) is None]
+        if not shared:
+            return
+        seqs = [c[:-1] for c in shared]  # the last token is fed by generate, which needs its logits
+        ids, mask = self._batch(seqs, device)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+        if not reusable(out.past_key_values):
+            self.prefixes = None
+            return
+        width = ids.shape[1]
+        self.prefixes.update(
+            [], rows_of(out.past_key_values, [(i, width - len(s), s) for i, s in enumerate(seqs)])
+        )
+
+    def _cache_for(self, contexts: list[list[int]], found: list[Prefix | None], width: int) -> Any:
+        """A DynamicCache of the batch's first `cached` columns, each row's from its entry; None if none."""
+        new = [len(c) - (len(f.tokens) if f else 0) for c, f in zip(contexts, found)]
+        cached = width - max(new)  # rows are right-aligned: every row's new tokens start at or after it
+        if cached <= 0:
+            return None
+        template = next(f for f in found if f is not None).kv
+        cache = DynamicCache()
+        for layer, (k0, v0) in enumerate(template):
+            keys = k0.new_zeros((len(contexts), k0.shape[0], cached, k0.shape[2]))
+            values = v0.new_zeros((len(contexts), v0.shape[0], cached, v0.shape[2]))
+            for row, (context, entry) in enumerate(zip(contexts, found)):
+                start = width - len(context)
+                if entry is not None and start < cached:
+                    keys[row, :, start:] = entry.kv[layer][0][:, : cached - start]
+                    values[row, :, start:] = entry.kv[layer][1][:, : cached - start]
+            cache.update(keys, values, layer)
+        return cache
+
+    def __call__(self, contexts: list[list[int]], greedy: bool, max_new_tokens: int) -> list[Turn]:
         p = self.params
         sampling = (
             {"do_sample": False}
             if greedy
-            else {
-                "do_sample": True,
-                "temperature": p.temperature,
-                "top_p": p.top_p,
-                "top_k": p.top_k or None,
-            }
+            else {"do_sample": True, "temperature": p.temperature, "top_p": p.top_p, "top_k": p.top_k or None}
         )
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with self._inference() as device:
+            found: list[Prefix | None] = [None] * len(contexts)
+            cache = None
+            if self.prefixes is not None:
+                self.prefixes.check_weights(self.model)
+                self._prefill_shared(contexts, device)
+            if self.prefixes is not None:
+                found = [self.prefixes.match(c) for c in contexts]
+                cache = self._cache_for(contexts, found, max(len(c) for c in contexts))
+            input_ids, attention = self._batch(contexts, device)
             out = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=attention,
-                max_new_tokens=p.max_new_tokens,
+                past_key_values=cache,
+                max_new_tokens=max_new_tokens,
                 eos_token_id=self.eot_id,
                 pad_token_id=self.pad_id,
                 output_logits=True,
                 return_dict_in_generate=True,
                 **sampling,
             )
-        finally:
-            self.model.train(was_training)
+        width = input_ids.shape[1]
         new_ids = out.sequences[:, width:]
         logits = torch.stack(out.logits, dim=1).float() / p.temperature  # raw logits: [B, T, V]
         logprobs = torch.log_softmax(logits, dim=-1).gather(-1, new_ids.unsqueeze(-1)).squeeze(-1)
-        return [split_turn(ids, lps, self.eot_id) for ids, lps in zip(new_ids.tolist(), logprobs.tolist())]
+        turns = [split_turn(ids, lps, self.eot_id) for ids, lps in zip(new_ids.tolist(), logprobs.tolist())]
+        if self.prefixes is not None:
+            self._keep(contexts, turns, found, out.past_key_values, width, new_ids.shape[1])
+        return turns
+
+    def _keep(
+        self,
+        contexts: list[list[int]],
+        turns: list[Turn],
+        found: list[Prefix | None],
+        cache: Any,
+        width: int,
+        generated: int,
+    ) -> None:
+        """Store each row's sequence as far as the cache holds it: all but the last generated column."""
+        if not reusable(cache):
+            self.prefixes = None
+            return
+        rows = [
+            (i, width - len(context), (context + turn.ids)[: len(context) + generated - 1])
+            for i, (context, turn) in enumerate(zip(contexts, turns))
+        ]
+        self.prefixes.update(found, rows_of(cache, rows))
 
 
 def sampled_logprobs(
@@ -149,7 +315,7 @@ class VLLMGenerator:
             client = VLLMClient(base_url=base_url, connection_timeout=vg.server_timeout)
         return cls(client, eot_id, params)
 
-    def sampling(self, greedy: bool) -> dict[str, Any]:
+    def sampling(self, greedy: bool, max_new_tokens: int) -> dict[str, Any]:
         """vLLM sampling parameters; stop at the configured end-of-turn token (it is kept in the output)."""
         p = self.params
         return {
@@ -157,13 +323,13 @@ class VLLMGenerator:
             "temperature": 0.0 if greedy else p.temperature,
             "top_p": 1.0 if greedy else p.top_p,
             "top_k": 0 if greedy else p.top_k,
-            "max_tokens": p.max_new_tokens,
+            "max_tokens": max_new_tokens,
             "logprobs": 0,  # the sampled token's logprob only
             "stop_token_ids": [self.eot_id],
         }
 
-    def __call__(self, contexts: list[list[int]], greedy: bool = False) -> list[Turn]:
-        sampling = self.sampling(greedy)
+    def __call__(self, contexts: list[list[int]], greedy: bool, max_new_tokens: int) -> list[Turn]:
+        sampling = self.sampling(greedy, max_new_tokens)
         if hasattr(self.engine, "base_url"):  # trl VLLMClient (server mode)
             n = sampling.pop("n")
             stop = sampling.pop("stop_token_ids")

@@ -9,36 +9,76 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from statistics import mean
+from types import SimpleNamespace
 from typing import Any
 
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
-from browserrl.rollout import Episode, RolloutBatch
+from browserrl.rollout import Episode
 
 SUCCESS_AT = (1, 2, 4)
 
 
-def episode_metrics(episodes: list[Episode]) -> dict[str, float]:
-    n = len(episodes)
-    solved = [e for e in episodes if e.success]
-    actions = sum(e.steps for e in episodes)
-    return {
-        "success_rate": len(solved) / n,
-        **{f"success@{k}": sum(e.steps <= k for e in solved) / n for k in SUCCESS_AT},
-        "success@max": len(solved) / n,
-        "steps_to_success": mean(e.steps for e in solved) if solved else math.nan,
-        "invalid_action_rate": sum(e.invalid_actions for e in episodes) / actions if actions else 0.0,
-        "truncated_rate": sum(e.truncated for e in episodes) / n,
-        "env_errors": float(sum(e.env_error is not None for e in episodes)),
-        "episodes": float(n),
-    }
+def metric_samples(episodes: Sequence[Any]) -> dict[str, list[float]]:
+    """The values each metric is the mean of: one per episode (success rates, truncations, env errors), one
+    per solved episode (steps to success), one per action (invalid actions), and per task under `TASK/`.
+
+    Episodes are anything with the `Episode` fields task, success, steps, invalid_actions, truncated and
+    env_error, so the rollout's episodes and the per-episode fields TRL hands the reward functions both work.
+    """
+    samples: dict[str, list[float]] = defaultdict(list)
+    for e in episodes:
+        solved = float(e.success)
+        samples["success_rate"].append(solved)
+        samples[f"{e.task}/success_rate"].append(solved)
+        for k in SUCCESS_AT:
+            samples[f"success@{k}"].append(float(e.success and e.steps <= k))
+        samples["success@max"].append(solved)
+        if e.success:
+            samples["steps_to_success"].append(float(e.steps))
+        samples["invalid_action_rate"] += [1.0] * e.invalid_actions + [0.0] * (e.steps - e.invalid_actions)
+        samples["truncated_rate"].append(float(e.truncated))
+        samples["env_error_rate"].append(float(bool(e.env_error)))
+    return samples
 
 
-def batch_metrics(batch: RolloutBatch) -> dict[str, float]:
-    return {**episode_metrics(batch.episodes), "time/generate_s": batch.generate_s, "time/env_s": batch.env_s}
+def episode_metrics(episodes: Sequence[Any]) -> dict[str, float]:
+    """Means of `metric_samples` (NaN for steps to success with none solved), the episode count and the
+    env errors as a count."""
+    means = {key: mean(values) for key, values in metric_samples(episodes).items()}
+    means.setdefault("steps_to_success", math.nan)
+    return {**means, "env_errors": sum(bool(e.env_error) for e in episodes), "episodes": len(episodes)}
+
+
+def log_episodes(
+    prompts: list[Any],
+    completions: list[Any],
+    log_metric: Callable[[str, float], None],
+    generate_s: list[float],
+    env_s: list[float],
+    generated_tokens: list[int],
+    **fields: list[Any],
+) -> list[None]:
+    """A reward function that scores nothing and logs the batch's episode metrics.
+
+    It returns None for every episode, which TRL leaves out of the reward. Each sample goes to TRL's
+    `log_metric`, which averages everything logged under a name over all processes at the next log line,
+    so the rates stay exact means over episodes under multi-process training (infra=gpu-vllm-server).
+    """
+    keys = ("task", "success", "steps", "invalid_actions", "truncated", "env_error")
+    episodes = [SimpleNamespace(**dict(zip(keys, row))) for row in zip(*(fields[k] for k in keys))]
+    for key, values in metric_samples(episodes).items():
+        for value in values:
+            log_metric(key, value)
+    log_metric("time/generate_s", generate_s[0])  # the rollout's totals, the same on every row
+    log_metric("time/env_s", env_s[0])
+    log_metric("tokens/generated", generated_tokens[0])
+    return [None] * len(prompts)
 
 
 def episode_record(e: Episode) -> dict[str, Any]:
@@ -62,35 +102,23 @@ def jsonable(row: dict[str, Any]) -> dict[str, Any]:
 
 
 class JsonlLogger(TrainerCallback):
-    """Appends every trainer log (TRL's rewards + our episode metrics) to `metrics.jsonl` in the run dir."""
+    """Appends every trainer log (TRL's rewards + our episode metrics) to `metrics.jsonl` in the run dir.
+
+    `time/train_s` is derived here: TRL's `step_time` covers the whole optimizer step, rollout included.
+    """
 
     def __init__(self, path: Path):
         self.path = path
 
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 - HF callback signature
-        if logs:
-            row = {"step": state.global_step, "time": time.time(), **jsonable(logs)}
-            with self.path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-
-
-class StepTimer(TrainerCallback):
-    """Wall time per optimizer step; `time/train_s` is what remains after generation and env steps."""
-
-    def __init__(self, metrics: dict[str, dict[str, list[float]]]):
-        self.metrics, self.start = metrics, 0.0
-
-    def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001
-        self.start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
-        train = self.metrics["train"]
-        step_s = time.perf_counter() - self.start
-        rollout_s = (train["time/generate_s"][-1] if train["time/generate_s"] else 0.0) + (
-            train["time/env_s"][-1] if train["time/env_s"] else 0.0
-        )
-        train["time/step_s"].append(step_s)
-        train["time/train_s"].append(max(step_s - rollout_s, 0.0))
+        if not logs:
+            return
+        row = {"step": state.global_step, "time": time.time(), **jsonable(logs)}
+        if "step_time" in logs:
+            rollout = (logs.get("time/generate_s") or 0.0) + (logs.get("time/env_s") or 0.0)
+            row["time/train_s"] = max(logs["step_time"] - rollout, 0.0)
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
 
 
 class ProgressBar(TrainerCallback):

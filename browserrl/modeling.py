@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -62,34 +63,39 @@ def prepare_packaged_model(target: Path | None = None) -> Path:
     return target
 
 
-def build_tiny_lfm2(target: Path, seed: int = 0, **overrides: int) -> Path:
-    """A random LFM2 with a few small layers and the packaged SmolLM2 tokenizer: tests without any hub."""
-    from transformers import Lfm2Config, Lfm2ForCausalLM
+def build_tiny_model(target: Path, arch: str = "lfm2", seed: int = 0) -> Path:
+    """A random model with a few small layers and the packaged SmolLM2 tokenizer: tests without any hub.
+
+    `lfm2`: the GPU default's architecture (convolution + attention layers); `llama`: the packaged SmolLM2's,
+    whose key/value cache the CPU generator reuses across turns.
+    """
+    from transformers import Lfm2Config, Lfm2ForCausalLM, LlamaConfig, LlamaForCausalLM
 
     if (target / "model.safetensors").exists():
         return target
     tokenizer = AutoTokenizer.from_pretrained(prepare_packaged_model())
     sizes = dict(
+        vocab_size=len(tokenizer),
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=4,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=4096,
-    )
-    sizes.update(overrides)
-    n = sizes["num_hidden_layers"]
-    config = Lfm2Config(
-        vocab_size=len(tokenizer),
-        layer_types=["conv" if i % 2 == 0 else "full_attention" for i in range(n)],
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
-        **sizes,
     )
+    if arch == "lfm2":
+        layer_types = ["conv" if i % 2 == 0 else "full_attention" for i in range(sizes["num_hidden_layers"])]
+        config, model_class = Lfm2Config(layer_types=layer_types, **sizes), Lfm2ForCausalLM
+    elif arch == "llama":
+        config, model_class = LlamaConfig(**sizes), LlamaForCausalLM
+    else:
+        raise ValueError(f"model.arch={arch!r}: tiny models are lfm2 or llama")
     torch.manual_seed(seed)
-    model = Lfm2ForCausalLM(config)
+    model = model_class(config)
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
@@ -104,10 +110,21 @@ def resolve_model_path(model_cfg: DictConfig) -> str:
     if source == "packaged":
         return str(prepare_packaged_model())
     if source == "tiny":
-        return str(build_tiny_lfm2(cache_root() / f"tiny-lfm2-seed{model_cfg.get('seed', 0)}"))
+        arch, seed = model_cfg.get("arch", "lfm2"), model_cfg.get("seed", 0)
+        return str(build_tiny_model(cache_root() / f"tiny-{arch}-seed{seed}", arch, seed))
     if source in ("hub", "path"):
         return str(model_cfg.name_or_path)
     raise ValueError(f"model.source={source!r} is not one of packaged, tiny, hub, path")
+
+
+def bf16_native(use_cpu: bool) -> bool:
+    """Whether this machine computes bfloat16 natively: a CPU with AVX512-BF16 or AMX (4x fp32's matmul
+    rate on the 2-core EPYC of docs/benchmarks.md), or a CUDA GPU that supports it."""
+    if not use_cpu and torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text() if cpuinfo.exists() else ""
+    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
 
 
 def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
@@ -127,16 +144,10 @@ def load_policy(model_cfg: DictConfig) -> tuple[PreTrainedModel, PreTrainedToken
 
 
 def lora_config(cfg: DictConfig) -> LoraConfig | None:
-    """peft.LoraConfig from `cfg.lora` when `tuning.name == lora`, else None (full fine-tune).
-
-    `alpha` and `dropout` are short for LoraConfig's `lora_alpha` and `lora_dropout`; other keys pass through.
-    """
+    """peft.LoraConfig(**cfg.lora) when `tuning.name == lora`, else None (full fine-tune)."""
     if cfg.tuning.name != "lora":
         return None
-    fields = OmegaConf.to_container(cfg.lora, resolve=True)
-    fields["lora_alpha"] = fields.pop("alpha")
-    fields["lora_dropout"] = fields.pop("dropout")
-    return LoraConfig(task_type="CAUSAL_LM", **fields)
+    return LoraConfig(task_type="CAUSAL_LM", **OmegaConf.to_container(cfg.lora, resolve=True))
 
 
 def count_parameters(model: torch.nn.Module) -> dict[str, int]:

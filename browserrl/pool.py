@@ -1,4 +1,5 @@
-"""Training-side sessions: a fixed number of WebSocket sessions kept open across rollouts.
+"""Training-side sessions: a fixed number of WebSocket sessions kept open across rollouts, and `env_pool`,
+the one way a run, an evaluation, the SFT warm-up or a script gets them from its config.
 
 The rollout is synchronous (TRL calls it), the OpenEnv client is async. One background event loop owns the
 clients, so the sessions (and the Chromium behind each) live for the whole run, and the env steps of all live
@@ -10,15 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from omegaconf import DictConfig
 from openenv.core.client_types import StepResult
 
 from browserrl.env.client import BrowserGymEnv
 from browserrl.env.models import BrowserGymAction
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -37,7 +42,7 @@ class EnvPool:
         on_failure: Callable[[], None] | None = None,
         reset_options: dict[str, Any] | None = None,
     ):
-        """`reset_options` go with every reset: observation_delay, screenshot (MiniWoBEnvironment.reset)."""
+        """`reset_options` go with every reset (screenshot: MiniWoBEnvironment.reset's options)."""
         self.url, self.size, self.timeout, self.on_failure = url, size, message_timeout_s, on_failure
         self.reset_options = dict(reset_options or {})
         self._clients: list[BrowserGymEnv | None] = [None] * size
@@ -77,11 +82,17 @@ class EnvPool:
         return results
 
     def reset(
-        self, slots: Sequence[int], tasks: Sequence[str], seeds: Sequence[int]
+        self,
+        slots: Sequence[int],
+        tasks: Sequence[str],
+        seeds: Sequence[int],
+        options: Sequence[dict[str, Any]] | None = None,
     ) -> list[StepResult | EnvFailure]:
+        """Start one episode per slot; `options` (one dict per slot) add to the pool's `reset_options`."""
+        per_slot = options or [{}] * len(slots)
         calls = [
-            (s, "reset", {"seed": seed, "task_name": t, **self.reset_options})
-            for s, t, seed in zip(slots, tasks, seeds)
+            (s, "reset", {"seed": seed, "task_name": t, **self.reset_options, **o})
+            for s, t, seed, o in zip(slots, tasks, seeds, per_slot)
         ]
         return self._gather(calls)
 
@@ -97,3 +108,39 @@ class EnvPool:
             asyncio.run_coroutine_threadsafe(close_all(), self._loop).result(timeout=30)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)
+
+
+@contextlib.contextmanager
+def env_pool(cfg: DictConfig, **reset_options: Any) -> Iterator[EnvPool]:
+    """`cfg.env.sessions` sessions on a local server started for this block (restarted if it dies, so a
+    dead server costs episodes, not the run) or on a running one at `env.url` (`env=remote`).
+
+    `reset_options` go with every reset (`screenshot=True`); per-task options come with each episode.
+    """
+    with contextlib.ExitStack() as stack:
+        if cfg.env.mode == "remote":
+            url, heal = (lambda: cfg.env.url), None
+        else:
+            from browserrl.env.launcher import LocalEnvServer
+
+            server = stack.enter_context(
+                LocalEnvServer(
+                    task=cfg.task.name,
+                    max_sessions=cfg.env.sessions + 2,  # headroom: a dropped session may linger a while
+                    idle_timeout_s=cfg.env.idle_timeout_s,
+                    start_timeout_s=cfg.env.start_timeout_s,
+                    max_steps=cfg.task.max_steps,  # the server truncates where the rollout stops
+                )
+            )
+
+            def url() -> str:
+                return server.url
+
+            def heal() -> None:
+                if not server.is_alive():
+                    log.warning("env server died; restarting it (failed episodes count as env_errors)")
+                    server.restart()
+
+        pool = EnvPool(url, cfg.env.sessions, cfg.env.message_timeout_s, heal, reset_options)
+        stack.callback(pool.close)
+        yield pool

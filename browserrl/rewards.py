@@ -1,13 +1,17 @@
 """Reward functions, GRPOTrainer-style: `f(prompts, completions, **episode_fields) -> list[float]`.
 
-The rollout forwards per-episode fields (success, steps, max_steps, valid_action_rate); the functions only
-read them, so each reward is logged on its own by TRL (`rewards/<name>/mean`) and weighted by `cfg.rewards`.
+The rollout forwards per-episode fields (success, steps, max_steps, valid_action_rate, ...); the functions
+only read them, so each reward is logged on its own by TRL (`rewards/<name>/mean`) and weighted by
+`cfg.rewards`. `select` adds `browserrl.metrics.log_episodes` at weight 0: it scores nothing and logs the
+episode metrics (success rates, per task too) through TRL's `log_metric`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+
+from browserrl.metrics import log_episodes
 
 RewardFunc = Callable[..., list[float]]
 
@@ -40,12 +44,13 @@ REWARDS: dict[str, RewardFunc] = {"success": success, "format": action_format, "
 
 
 def select(weights: dict[str, float]) -> tuple[list[RewardFunc], list[float]]:
-    """Reward functions and weights for the names with a non-zero weight in `cfg.rewards`."""
+    """Reward functions and weights for the names with a non-zero weight in `cfg.rewards`, then the metric
+    logger at weight 0."""
     unknown = set(weights) - set(REWARDS)
     if unknown:
         raise ValueError(f"rewards: unknown {sorted(unknown)}; known: {sorted(REWARDS)}")
     chosen = [(REWARDS[name], float(w)) for name, w in weights.items() if w]
     if not chosen:
         raise ValueError("rewards: every weight is 0; give at least one reward a weight")
-    funcs, ws = zip(*chosen)
+    funcs, ws = zip(*chosen, (log_episodes, 0.0))
     return list(funcs), list(ws)

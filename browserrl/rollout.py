@@ -6,23 +6,33 @@ An episode's tokens:  prompt_ids = chat template(system, [example], first observ
 on model tokens and 0 elsewhere. Each turn is generated from exactly the ids the trainer will later score, so
 the sampler's and the trainer's logprobs agree (tests/test_rollout.py::test_logprobs_match_trainer).
 
-At every turn: one generate call for all live episodes, then all their env steps at once (one session each).
+At every turn: one policy call for all live episodes, then all their env steps at once (one session each).
+The policy is the model (`model_policy`: a generator continues each episode's token sequence) or a script
+that reads the last observation (`scripted_policy`: the oracles of browserrl.oracle, baselines), so RL
+episodes, held-out evaluations and SFT demonstrations are the same `Episode`, built by this one loop.
+
+Why TRL's `rollout_func` and not its `environment_factory`: `environment_factory` drives an environment
+through the model's tool-call template, one tool call per turn. Here a turn is a plain-text action
+(`click('13')`) that any chat model can write, including SmolLM2 and LFM2 checkpoints without a tool-call
+template, and the turns of all live episodes are batched into one generate call and one concurrent round of
+env steps; `rollout_func` lets this loop own both and hand TRL finished token sequences with `env_mask`.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig
 from transformers import PreTrainedTokenizerBase
 
-from browserrl.actions import DEFAULT_ALLOWED, extract_action, validate_action
-from browserrl.env.pool import EnvFailure, EnvPool
-from browserrl.generation import Generator
+from browserrl.env.actions import DEFAULT_ALLOWED, extract_action, validate_action
+from browserrl.generation import Generator, Turn
+from browserrl.pool import EnvFailure, EnvPool
 from browserrl.prompts import initial_messages, observation_text
 
 
@@ -30,6 +40,7 @@ from browserrl.prompts import initial_messages, observation_text
 class Episode:
     task: str
     seed: int
+    max_steps: int = 1
     prompt_ids: list[int] = field(default_factory=list)
     completion_ids: list[int] = field(default_factory=list)
     env_mask: list[int] = field(default_factory=list)
@@ -44,6 +55,7 @@ class Episode:
     done: bool = False
     truncated: bool = False
     env_error: str | None = None
+    observation: Any = field(default=None, repr=False)  # the last one: what a scripted policy reads
 
     def extend(self, ids: Sequence[int], logprobs: Sequence[float] | None, from_model: bool) -> None:
         self.completion_ids += ids
@@ -114,23 +126,53 @@ def instance_prompt(task: str, seed: int) -> str:
     return json.dumps({"task": task, "seed": seed})
 
 
-class RolloutEngine:
-    """Plays episodes: generator for the policy's turns, env pool for the pages.
+#: Plays one turn of each live episode: (episodes, greedy, max_new_tokens) -> one Turn each.
+Policy = Callable[[Sequence[Episode], bool, int], list[Turn]]
 
-    `max_completion_tokens` (trainer.max_completion_length) bounds an episode's completion_ids: an episode
-    whose next observation and turn would not fit ends there, truncated, like one that reached max_steps.
+
+def model_policy(generator: Generator) -> Policy:
+    """The model's turns: the generator continues each episode's token sequence (prompt + completion)."""
+
+    def policy(episodes: Sequence[Episode], greedy: bool, max_new_tokens: int) -> list[Turn]:
+        return generator([e.prompt_ids + e.completion_ids for e in episodes], greedy, max_new_tokens)
+
+    return policy
+
+
+def scripted_policy(act: Callable[[Any], str | None], chat: ChatFormat) -> Policy:
+    """Turns written by a script from the last observation (an oracle, a baseline), tokenized as the model's
+    would be: the action, then end-of-turn. None (the script does not know the page) is an empty turn,
+    which the env refuses like any invalid action."""
+
+    def policy(episodes: Sequence[Episode], greedy: bool, max_new_tokens: int) -> list[Turn]:
+        turns = []
+        for episode in episodes:
+            action = act(episode.observation)
+            ids = (chat.encode(action) if action else []) + [chat.eot_id]
+            turns.append(Turn(ids, [0.0] * len(ids), finished=True))
+        return turns
+
+    return policy
+
+
+class RolloutEngine:
+    """Plays episodes: the policy for the turns, the env pool for the pages.
+
+    `tasks` holds each task's settings by name (browserrl.config.task_configs): its episode cap, tokens per
+    turn, allowed actions, observation delay and prompt. `max_completion_tokens`
+    (trainer.max_completion_length) bounds an episode's completion_ids: an episode whose next observation and
+    turn would not fit ends there, truncated, like one that reached max_steps.
     """
 
     def __init__(
         self,
-        generator: Generator,
+        policy: Policy,
         pool: EnvPool,
         chat: ChatFormat,
-        task: DictConfig,
+        tasks: Mapping[str, DictConfig],
         max_completion_tokens: int | None = None,
     ):
-        self.generator, self.pool, self.chat, self.task = generator, pool, chat, task
-        self.allowed = frozenset(task.get("allowed_actions") or DEFAULT_ALLOWED)
+        self.policy, self.pool, self.chat, self.tasks = policy, pool, chat, tasks
         self.max_completion_tokens = max_completion_tokens
 
     def play(self, instances: Sequence[tuple[str, int]], greedy: bool = False) -> RolloutBatch:
@@ -140,10 +182,12 @@ class RolloutEngine:
         return batch
 
     def _play_chunk(self, instances: Sequence[tuple[str, int]], greedy: bool, batch: RolloutBatch) -> None:
-        episodes = [Episode(task, seed) for task, seed in instances]
-        slots = list(range(len(episodes)))
+        episodes = [Episode(task, seed, max_steps=self.tasks[task].max_steps) for task, seed in instances]
+        options = [{"observation_delay": self.tasks[e.task].observation_delay} for e in episodes]
         t0 = time.perf_counter()
-        results = self.pool.reset(slots, [e.task for e in episodes], [e.seed for e in episodes])
+        results = self.pool.reset(
+            range(len(episodes)), [e.task for e in episodes], [e.seed for e in episodes], options
+        )
         batch.env_s += time.perf_counter() - t0
         for episode, result in zip(episodes, results):
             if isinstance(result, EnvFailure):
@@ -151,35 +195,37 @@ class RolloutEngine:
                 episode.prompt_ids = [self.chat.eot_id]
                 episode.extend([self.chat.eot_id], None, from_model=False)  # a valid, fully masked sequence
                 continue
+            episode.observation = result.observation
             episode.goal = result.observation.goal
-            episode.messages = initial_messages(result.observation, self.task)
+            episode.messages = initial_messages(result.observation, self.tasks[episode.task])
             episode.prompt_ids = self.chat.prompt_ids(episode.messages)
 
-        for _ in range(self.task.max_steps):
-            live = [i for i, e in enumerate(episodes) if not e.done]
-            if not live:
-                break
+        while live := [i for i, e in enumerate(episodes) if not e.done]:
+            by_length = defaultdict(list)  # one policy call per tokens-per-turn setting (one, in most suites)
+            for i in live:
+                by_length[self.tasks[episodes[i].task].max_action_tokens].append(i)
+            actions = {}
             t0 = time.perf_counter()
-            turns = self.generator(
-                [episodes[i].prompt_ids + episodes[i].completion_ids for i in live], greedy
-            )
+            for max_new_tokens, group in by_length.items():
+                turns = self.policy([episodes[i] for i in group], greedy, max_new_tokens)
+                actions |= {i: self._take_turn(episodes[i], turn) for i, turn in zip(group, turns)}
             batch.generate_s += time.perf_counter() - t0
-            actions = [self._take_turn(episodes[i], turn) for i, turn in zip(live, turns)]
             t0 = time.perf_counter()
-            results = self.pool.step(live, actions)
+            results = self.pool.step(live, [actions[i] for i in live])
             batch.env_s += time.perf_counter() - t0
-            for i, action, result in zip(live, actions, results):
-                self._observe(episodes[i], action, result)
+            for i, result in zip(live, results):
+                self._observe(episodes[i], actions[i], result)
         batch.episodes += episodes
 
-    def _take_turn(self, episode: Episode, turn: Any) -> str:
+    def _take_turn(self, episode: Episode, turn: Turn) -> str:
         """Append the model's turn; return the action to send (raw text when it holds no valid action)."""
         episode.extend(turn.ids, turn.logprobs, from_model=True)
         if not turn.finished:  # cut at max_new_tokens: close the turn so the sequence stays well-formed
             episode.extend([self.chat.eot_id], None, from_model=False)
         text = self.chat.tokenizer.decode(turn.ids, skip_special_tokens=True).strip()
         action = extract_action(text)
-        if action is None or validate_action(action, self.allowed) is not None:
+        allowed = self.tasks[episode.task].get("allowed_actions") or DEFAULT_ALLOWED
+        if action is None or validate_action(action, frozenset(allowed)) is not None:
             episode.invalid_actions += 1
             action = action or text  # the env refuses it with an error observation: the episode goes on
         episode.messages.append({"role": "assistant", "content": text})
@@ -191,7 +237,7 @@ class RolloutEngine:
             episode.env_error, episode.done = result.message, True
             episode.trace.append({"action": action, "env_error": result.message})
             return
-        obs = result.observation
+        obs = episode.observation = result.observation
         episode.raw_reward = float(obs.metadata.get("raw_reward", result.reward or 0.0))
         episode.success = (result.reward or 0.0) > 0
         episode.done = bool(result.done)
@@ -206,12 +252,13 @@ class RolloutEngine:
         )
         if episode.done:
             return
-        if episode.steps >= self.task.max_steps:
+        if episode.steps >= episode.max_steps:
             episode.done = episode.truncated = True
             return
-        user_text = observation_text(obs, self.task)
+        task = self.tasks[episode.task]
+        user_text = observation_text(obs, task)
         env_ids = self.chat.continuation_ids(episode.messages, user_text)
-        next_turn = len(env_ids) + self.task.max_action_tokens + 1  # the observation, a turn, its end
+        next_turn = len(env_ids) + task.max_action_tokens + 1  # the observation, a turn, its end
         budget = self.max_completion_tokens
         if budget and len(episode.completion_ids) + next_turn > budget:
             episode.done = episode.truncated = True
@@ -220,16 +267,24 @@ class RolloutEngine:
         episode.messages.append({"role": "user", "content": user_text})
 
 
-def trainer_output(batch: RolloutBatch, max_steps: int) -> dict[str, list[Any]]:
-    """rollout_func's return value: one sequence per episode, plus fields the reward functions read."""
+def trainer_output(batch: RolloutBatch) -> dict[str, list[Any]]:
+    """rollout_func's return value: one sequence per episode, plus fields the reward functions read (TRL
+    gives each episode its entry of a list, and a scalar, the batch's timings, to every episode)."""
     eps = batch.episodes
     return {
         "prompt_ids": [e.prompt_ids for e in eps],
         "completion_ids": [e.completion_ids for e in eps],
         "logprobs": [e.logprobs for e in eps],
         "env_mask": [e.env_mask for e in eps],
+        "task": [e.task for e in eps],
         "success": [e.success for e in eps],
         "steps": [e.steps for e in eps],
-        "max_steps": [max_steps] * len(eps),
+        "max_steps": [e.max_steps for e in eps],
+        "invalid_actions": [e.invalid_actions for e in eps],
         "valid_action_rate": [1 - e.invalid_actions / e.steps if e.steps else 0.0 for e in eps],
+        "truncated": [e.truncated for e in eps],
+        "env_error": [e.env_error is not None for e in eps],
+        "generate_s": batch.generate_s,
+        "env_s": batch.env_s,
+        "generated_tokens": sum(sum(e.env_mask) for e in eps),
     }

@@ -1,10 +1,10 @@
 """Optional SFT warm-up: a scripted oracle plays MiniWoB tasks, SFTTrainer imitates it, GRPO follows.
 
 A small model rarely emits a valid action for a new task, so GRPO sees no reward to compare. A few hundred
-oracle episodes (browserrl.oracle) fix the format and the grounding first. Each demonstration is built as
-browserrl.rollout builds an RL episode (same messages, same token-by-token concatenation, the same end-of-turn
-token), and trained with the loss on the model turns only (the env_mask of RL becomes SFT's completion_mask),
-so the warm-started policy is scored by GRPO in the format it was taught.
+oracle episodes (browserrl.oracle) fix the format and the grounding first. The oracle plays through the
+rollout engine (`scripted_policy`), so a demonstration is an RL `Episode`: the same messages, tokens and
+end-of-turn token; its `env_mask` becomes SFT's completion_mask (loss on the model turns only), and the
+warm-started policy is scored by GRPO in the format it was taught.
 
 The checkpoint is a full model folder (a LoRA adapter is merged in), loadable with
 `model.source=path model.name_or_path=<dir>`.
@@ -12,9 +12,9 @@ The checkpoint is a full model folder (a LoRA adapter is merged in), loadable wi
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,73 +23,30 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import SFTConfig, SFTTrainer
 
-from browserrl.env.pool import EnvFailure, EnvPool
+from browserrl.config import task_configs
 from browserrl.modeling import load_policy, lora_config
 from browserrl.oracle import oracle_action
-from browserrl.prompts import initial_messages, observation_text
-from browserrl.rollout import ChatFormat
+from browserrl.pool import EnvPool
+from browserrl.rollout import ChatFormat, Episode, RolloutEngine, scripted_policy
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Demonstration:
-    """One oracle episode as one token sequence; `completion_mask` is 1 on the policy's tokens."""
-
-    task: str
-    seed: int
-    input_ids: list[int] = field(default_factory=list)
-    completion_mask: list[int] = field(default_factory=list)
-    actions: list[str] = field(default_factory=list)
-    success: bool = False
+def oracle_engine(
+    pool: EnvPool, chat: ChatFormat, tasks: dict[str, DictConfig], max_tokens: int | None
+) -> RolloutEngine:
+    """The rollout engine with the scripted oracle playing the turns."""
+    oracle = scripted_policy(lambda obs: oracle_action(obs.goal, obs.axtree_txt or ""), chat)
+    return RolloutEngine(oracle, pool, chat, tasks, max_tokens)
 
 
-def collect_demonstrations(
-    pool: EnvPool, chat: ChatFormat, task_cfg: DictConfig, instances: Sequence[tuple[str, int]]
-) -> list[Demonstration]:
-    """Play the oracle on (task, seed) instances, pool.size at a time; keep the successful episodes only."""
-    kept = []
-    for start in range(0, len(instances), pool.size):
-        chunk = instances[start : start + pool.size]
-        demos = [Demonstration(task, seed) for task, seed in chunk]
-        messages: list[list[dict[str, str]]] = [[] for _ in demos]
-        results = pool.reset(range(len(demos)), [d.task for d in demos], [d.seed for d in demos])
-        live = []
-        for i, result in enumerate(results):
-            if isinstance(result, EnvFailure):
-                log.warning("demonstration %s/%s: %s", demos[i].task, demos[i].seed, result.message)
-                continue
-            messages[i] = initial_messages(result.observation, task_cfg)
-            demos[i].input_ids = chat.prompt_ids(messages[i])
-            demos[i].completion_mask = [0] * len(demos[i].input_ids)
-            live.append((i, result.observation))
-        for _ in range(task_cfg.max_steps):
-            acting = [(i, oracle_action(obs.goal, obs.axtree_txt or "")) for i, obs in live]
-            acting = [(i, action) for i, action in acting if action is not None]
-            if not acting:
-                break
-            for i, action in acting:
-                turn = chat.encode(action) + [chat.eot_id]
-                demos[i].input_ids += turn
-                demos[i].completion_mask += [1] * len(turn)
-                demos[i].actions.append(action)
-                messages[i].append({"role": "assistant", "content": action})
-            results = pool.step([i for i, _ in acting], [a for _, a in acting])
-            live = []
-            for (i, _), result in zip(acting, results):
-                if isinstance(result, EnvFailure):
-                    continue
-                if result.done:
-                    demos[i].success = (result.reward or 0.0) > 0
-                    continue
-                user_text = observation_text(result.observation, task_cfg)
-                env_ids = chat.continuation_ids(messages[i], user_text)
-                demos[i].input_ids += env_ids
-                demos[i].completion_mask += [0] * len(env_ids)
-                messages[i].append({"role": "user", "content": user_text})
-                live.append((i, result.observation))
-        kept += [d for d in demos if d.success]
-    return kept
+def collect_demonstrations(engine: RolloutEngine, instances: Sequence[tuple[str, int]]) -> list[Episode]:
+    """The oracle's episodes on (task, seed) instances; only the solved ones are kept."""
+    episodes = engine.play(instances).episodes
+    failed = [(e.task, e.seed, e.env_error) for e in episodes if not e.success]
+    if failed:
+        log.warning("the oracle did not solve %d of %d episodes: %s", len(failed), len(episodes), failed[:5])
+    return [e for e in episodes if e.success]
 
 
 def demonstration_instances(sft_cfg: DictConfig) -> list[tuple[str, int]]:
@@ -101,13 +58,16 @@ def demonstration_instances(sft_cfg: DictConfig) -> list[tuple[str, int]]:
 def train_sft(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    demos: Sequence[Demonstration],
+    demos: Sequence[Episode],
     cfg: DictConfig,
     out_dir: Path,
 ) -> Path:
     """SFTTrainer on the token sequences (loss on the model turns); a full-model folder at out_dir/final."""
     dataset = Dataset.from_dict(
-        {"input_ids": [d.input_ids for d in demos], "completion_mask": [d.completion_mask for d in demos]}
+        {
+            "input_ids": [d.prompt_ids + d.completion_ids for d in demos],
+            "completion_mask": [[0] * len(d.prompt_ids) + d.env_mask for d in demos],
+        }
     )
     fields: dict[str, Any] = {"use_cpu": cfg.trainer.use_cpu, "bf16": cfg.trainer.bf16, "seed": cfg.seed}
     fields |= OmegaConf.to_container(cfg.sft.trainer, resolve=True)
@@ -125,29 +85,33 @@ def train_sft(
         processing_class=tokenizer,
         peft_config=lora_config(cfg),
     )
-    trainer.train()
+    result = trainer.train()
     policy = trainer.accelerator.unwrap_model(trainer.model)
     if hasattr(policy, "merge_and_unload"):  # LoRA: GRPO starts from the merged weights (and its own LoRA)
         policy = policy.merge_and_unload()
     final = out_dir / "final"
     policy.save_pretrained(final)
     tokenizer.save_pretrained(final)
-    (out_dir / "sft_summary.txt").write_text(
-        f"demonstrations: {len(demos)}\ntrain_loss: {trainer.state.log_history[-1].get('train_loss')}\n"
-    )
+    tokens = sum(len(row) for row in dataset["input_ids"]) * args.num_train_epochs
+    summary = {
+        "demonstrations": len(demos),
+        "tokens": tokens,  # what the forward/backward passes processed
+        "train_s": result.metrics["train_runtime"],
+        "tokens_per_s": tokens / result.metrics["train_runtime"],
+        "train_loss": result.metrics["train_loss"],
+    }
+    (out_dir / "sft_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    log.info("sft: %s", {k: round(v, 3) for k, v in summary.items()})
     return final
 
 
-def warm_up(cfg: DictConfig, env_url: str, out_dir: Path) -> Path:
-    """Demonstrations from the env server at env_url, SFT of cfg.model, the checkpoint folder."""
+def warm_up(cfg: DictConfig, pool: EnvPool, out_dir: Path, max_tokens: int | None = None) -> Path:
+    """Demonstrations played on `pool`, SFT of cfg.model, the checkpoint folder. `max_tokens` bounds an
+    episode's completion as in GRPO (trainer.max_completion_length)."""
     model, tokenizer = load_policy(cfg.model)
     chat = ChatFormat(tokenizer, cfg.model.eot_token)
-    options = {"observation_delay": cfg.sft.observation_delay}
-    pool = EnvPool(lambda: env_url, cfg.env.sessions, cfg.env.message_timeout_s, reset_options=options)
-    try:
-        demos = collect_demonstrations(pool, chat, cfg.task, demonstration_instances(cfg.sft))
-    finally:
-        pool.close()
+    engine = oracle_engine(pool, chat, task_configs(cfg, list(cfg.sft.tasks)), max_tokens)
+    demos = collect_demonstrations(engine, demonstration_instances(cfg.sft))
     if not demos:
         raise RuntimeError(f"the oracle solved none of {list(cfg.sft.tasks)}: nothing to imitate")
     log.info("sft: %d successful oracle episodes", len(demos))

@@ -11,53 +11,36 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from datasets import Dataset
 from omegaconf import DictConfig, OmegaConf
 from transformers import PrinterCallback, set_seed
-from trl import GRPOConfig, GRPOTrainer
+from trl import GRPOTrainer
 
 from browserrl import rewards
 from browserrl.analysis import peak_memory_mb, reset_peak_memory
-from browserrl.config import miniwob_task, validate
-from browserrl.env.pool import EnvPool
+from browserrl.config import task_configs, validate
 from browserrl.evaluate import PeriodicEval, heldout_report
 from browserrl.generation import HFGenerator, SamplingParams, VLLMGenerator
-from browserrl.metrics import JsonlLogger, ProgressBar, StepTimer, batch_metrics, jsonable
+from browserrl.metrics import JsonlLogger, ProgressBar, jsonable
 from browserrl.modeling import count_parameters, load_policy, lora_config
-from browserrl.rollout import ChatFormat, RolloutEngine, instance_prompt, parse_instance, trainer_output
+from browserrl.pool import env_pool
+from browserrl.rollout import (
+    ChatFormat,
+    RolloutEngine,
+    instance_prompt,
+    model_policy,
+    parse_instance,
+    trainer_output,
+)
 from browserrl.sft import start_from, warm_up
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is experimental in TRL: we know
-
-
-@contextmanager
-def env_server(cfg: DictConfig) -> Iterator[tuple[Callable[[], str], Callable[[], None] | None]]:
-    """(current url, heal) for the configured env: a local server started for this run, or a remote url."""
-    if cfg.env.mode == "remote":
-        yield (lambda: cfg.env.url), None
-        return
-    from browserrl.env.launcher import LocalEnvServer
-
-    with LocalEnvServer(
-        task=cfg.task.name,
-        max_sessions=cfg.env.sessions + 2,  # headroom: a dropped session may linger until the server notices
-        idle_timeout_s=cfg.env.idle_timeout_s,
-        start_timeout_s=cfg.env.start_timeout_s,
-        max_steps=cfg.task.max_steps,  # the server truncates where the rollout stops
-    ) as server:
-
-        def heal() -> None:
-            if not server.is_alive():
-                log.warning("env server died; restarting it (failed episodes count as env_errors)")
-                server.restart()
-
-        yield (lambda: server.url), heal
 
 
 def start_wandb(cfg: DictConfig, run_dir: Path) -> Any:
@@ -92,55 +75,52 @@ def _read(path: Path) -> str:
 def make_rollout_func(
     engine: RolloutEngine, sampling: SamplingParams, hf_generator: Callable[[Any], HFGenerator]
 ) -> Callable[[list[str], GRPOTrainer], dict]:
-    """TRL calls this with the prompts of one generation batch (each repeated num_generations times)."""
+    """TRL calls this with the prompts of one generation batch, each repeated num_generations times in a
+    row: one episode per prompt, so a group's episodes play the same (task, seed) page."""
 
-    def rollout_func(prompts: list[str], trainer: GRPOTrainer) -> dict[str, list[Any]]:
+    def rollout_func(prompts: list[str], trainer: GRPOTrainer) -> dict[str, Any]:
         if trainer.args.use_vllm:
-            engine.generator = VLLMGenerator.from_trainer(trainer, engine.chat.eot_id, sampling)
+            generator = VLLMGenerator.from_trainer(trainer, engine.chat.eot_id, sampling)
         else:
-            engine.generator = hf_generator(trainer.accelerator.unwrap_model(trainer.model))
-        batch = engine.play([parse_instance(p) for p in prompts])
-        mode = "train" if trainer.model.training else "eval"
-        for key, value in batch_metrics(batch).items():
-            trainer._metrics[mode][key].append(value)  # TRL averages these into its next log line
-        return trainer_output(batch, engine.task.max_steps)
+            generator = hf_generator(trainer.accelerator.unwrap_model(trainer.model))
+        engine.policy = model_policy(generator)
+        return trainer_output(engine.play([parse_instance(p) for p in prompts]))
 
     return rollout_func
+
+
+def training_instances(cfg: DictConfig) -> list[str]:
+    """The dataset: (task, seed) instances, the suite's tasks taking turns over seeds [0, train_seeds)."""
+    tasks = list(cfg.suite.tasks)
+    return [instance_prompt(tasks[seed % len(tasks)], seed) for seed in range(cfg.train_seeds)]
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     started = time.time()
     reset_peak_memory()  # a multirun's runs share this process: each run reports its own peak
-    validated = validate(cfg)  # fails in seconds, naming the key, before any model or browser starts
+    report_to = ["wandb"] if cfg.logger.name == "wandb" else []
+    args = validate(cfg, run_dir / "checkpoints", report_to)  # seconds, naming the key, before any model
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    task = miniwob_task(cfg.task.name)
     set_seed(cfg.seed)  # the base eval samples before the trainer seeds anything
 
     with ExitStack() as stack:
-        url, heal = stack.enter_context(env_server(cfg))
+        pool = stack.enter_context(env_pool(cfg))
         if cfg.sft.enabled:  # scripted-oracle SFT warm-up; GRPO then starts from its checkpoint
-            start_from(cfg, warm_up(cfg, url(), run_dir / "sft"))
+            start_from(cfg, warm_up(cfg, pool, run_dir / "sft", args.max_completion_length))
             OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
         model, tokenizer = load_policy(cfg.model)
         chat = ChatFormat(tokenizer, cfg.model.eot_token)
-        sampling = SamplingParams(
-            validated.temperature, validated.top_p, validated.top_k or 0, cfg.task.max_action_tokens
-        )
-        pool = EnvPool(
-            url,
-            cfg.env.sessions,
-            cfg.env.message_timeout_s,
-            on_failure=heal,
-            reset_options={"observation_delay": cfg.task.observation_delay},
-        )
-        stack.callback(pool.close)
+        sampling = SamplingParams(args.temperature, args.top_p, args.top_k or 0)
 
         def hf_generator(policy: Any) -> HFGenerator:
             """transformers generate on `policy`: the base model now, the trained one (maybe PEFT) later."""
-            return HFGenerator(policy, tokenizer.pad_token_id, chat.eot_id, sampling)
+            return HFGenerator(
+                policy, tokenizer.pad_token_id, chat.eot_id, sampling, args.bf16, cfg.infra.reuse_kv_cache
+            )
 
-        engine = RolloutEngine(hf_generator(model), pool, chat, cfg.task, validated.max_completion_length)
+        policy = model_policy(hf_generator(model))
+        engine = RolloutEngine(policy, pool, chat, task_configs(cfg), args.max_completion_length)
         wandb_run = start_wandb(cfg, run_dir)
         if wandb_run is not None:
             stack.callback(wandb_run.finish)
@@ -148,36 +128,21 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         summary: dict[str, float] = {}
         if cfg.eval.before:
             summary |= heldout_report(engine, cfg, "base")
-            log.info(
-                "base: success %.3f (greedy %s)",
-                summary["base/success_rate"],
-                summary.get("base/greedy_success_rate", "-"),
-            )
 
-        trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
-        args = GRPOConfig(
-            **trainer_args,
-            output_dir=str(run_dir / "checkpoints"),
-            run_name=cfg.run_name,
-            report_to=["wandb"] if wandb_run is not None else [],
-        )
-        funcs, weights = rewards.select(dict(cfg.rewards))
-        args.reward_weights = weights
-        dataset = Dataset.from_dict({"prompt": [instance_prompt(task, s) for s in range(cfg.train_seeds)]})
+        reward_funcs, _ = rewards.select(dict(cfg.rewards))  # their weights are in args
         trainer = GRPOTrainer(
             model=model,
-            reward_funcs=funcs,
+            reward_funcs=reward_funcs,
             args=args,
-            train_dataset=dataset,
+            train_dataset=Dataset.from_dict({"prompt": training_instances(cfg)}),
             processing_class=tokenizer,
             peft_config=lora_config(cfg),
             rollout_func=make_rollout_func(engine, sampling, hf_generator),
         )
         trainer.remove_callback(PrinterCallback)  # the progress bar and metrics.jsonl replace its raw dicts
         trainer.add_callback(JsonlLogger(run_dir / "metrics.jsonl"))
-        trainer.add_callback(StepTimer(trainer._metrics))
         trainer.add_callback(ProgressBar())
-        trainer.add_callback(PeriodicEval(engine, cfg, trainer._metrics))  # eval/* every eval.every_steps
+        trainer.add_callback(PeriodicEval(engine, cfg, trainer))  # eval/* every eval.every_steps
         summary |= count_parameters(trainer.model)
         trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
 
@@ -187,7 +152,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         OmegaConf.save(cfg, final / "config.yaml", resolve=True)
 
         if cfg.eval.after:
-            engine.generator = hf_generator(trainer.accelerator.unwrap_model(trainer.model))
+            engine.policy = model_policy(hf_generator(trainer.accelerator.unwrap_model(trainer.model)))
             summary |= heldout_report(engine, cfg, "eval")
         summary |= peak_memory_mb()
         summary["wall_time_s"] = time.time() - started
@@ -197,6 +162,6 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         log.info(
             "summary written to %s: %s",
             run_dir / "summary.json",
-            {k: round(v, 3) for k, v in summary.items() if k.endswith("success_rate")},
+            {k: round(v, 3) for k, v in summary.items() if k.endswith("/success_rate") and k.count("/") == 1},
         )
         return summary

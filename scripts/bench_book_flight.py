@@ -1,5 +1,5 @@
-"""What a book-flight episode costs: the scripted oracle plays held-out seeds through the env server, and the
-episodes are tokenized exactly as a GRPO rollout would be (browserrl.sft.collect_demonstrations).
+"""What a book-flight episode costs: the scripted oracle plays held-out seeds through the env server, through
+the same rollout engine as GRPO (browserrl.sft.oracle_engine), so the episodes are tokenized as a rollout's.
 
     python scripts/bench_book_flight.py task=book-flight                             # 32 held-out seeds
     python scripts/bench_book_flight.py task=book-flight task.prompt.compact=false   # without compaction
@@ -21,17 +21,17 @@ import time
 import hydra
 from omegaconf import DictConfig
 
-from browserrl.env.pool import EnvPool
+from browserrl.config import task_configs
 from browserrl.modeling import load_tokenizer, resolve_model_path
-from browserrl.rollout import ChatFormat
-from browserrl.sft import Demonstration, collect_demonstrations
-from browserrl.train import env_server
+from browserrl.pool import env_pool
+from browserrl.rollout import ChatFormat, Episode
+from browserrl.sft import collect_demonstrations, oracle_engine
 
 
-def observation_turns(demo: Demonstration) -> list[int]:
-    """Token counts of the env turns: the runs of masked tokens after the first prompt."""
-    runs = [(masked, len(list(group))) for masked, group in itertools.groupby(demo.completion_mask)]
-    return [n for masked, n in runs[1:] if masked == 0]
+def observation_turns(episode: Episode) -> list[int]:
+    """Token counts of the env turns: the runs of masked tokens in the completion."""
+    runs = [(from_model, len(list(group))) for from_model, group in itertools.groupby(episode.env_mask)]
+    return [n for from_model, n in runs if not from_model]
 
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
@@ -40,20 +40,15 @@ def main(cfg: DictConfig) -> None:
         raise SystemExit(f"this benchmark plays book-flight: add task=book-flight (got {cfg.task.name})")
     seeds = range(cfg.eval.first_seed, cfg.eval.first_seed + cfg.eval.num_seeds)
     chat = ChatFormat(load_tokenizer(resolve_model_path(cfg.model)), cfg.model.eot_token)
-    with env_server(cfg) as (url, _):
-        options = {"observation_delay": cfg.task.observation_delay}
-        pool = EnvPool(url, cfg.env.sessions, cfg.env.message_timeout_s, reset_options=options)
-        try:
-            start = time.perf_counter()
-            demos = collect_demonstrations(pool, chat, cfg.task, [("book-flight", s) for s in seeds])
-            seconds = time.perf_counter() - start
-        finally:
-            pool.close()
+    with env_pool(cfg) as pool:
+        engine = oracle_engine(pool, chat, task_configs(cfg), None)  # unbounded: measure whole episodes
+        start = time.perf_counter()
+        demos = collect_demonstrations(engine, [("book-flight", s) for s in seeds])
+        seconds = time.perf_counter() - start
     if not demos:
         raise SystemExit("the oracle solved no episode: is the page or the prompt different?")
-    steps = [len(d.actions) for d in demos]
-    lengths = [len(d.input_ids) for d in demos]
-    first_prompt = [d.completion_mask.index(1) for d in demos]
+    steps = [d.steps for d in demos]
+    lengths = [len(d.prompt_ids) + len(d.completion_ids) for d in demos]
     turns = [n for d in demos for n in observation_turns(d)]
     print(
         json.dumps(
@@ -65,7 +60,7 @@ def main(cfg: DictConfig) -> None:
                 "steps_max": max(steps),
                 "episode_tokens_mean": round(statistics.mean(lengths)),
                 "episode_tokens_max": max(lengths),
-                "first_prompt_tokens_max": max(first_prompt),
+                "first_prompt_tokens_max": max(len(d.prompt_ids) for d in demos),
                 "observation_tokens_max": max(turns),
                 "env_steps": sum(steps),
                 "wall_s": round(seconds, 1),

@@ -16,8 +16,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from browserrl.config import ConfigError, validate
+from browserrl.pool import env_pool
 from browserrl.sft import warm_up
-from browserrl.train import env_server
 
 log = logging.getLogger("sft_warmup")
 
@@ -27,8 +28,12 @@ def main(cfg: DictConfig) -> None:
     if not cfg.get("sft") or not cfg.sft.enabled:
         raise SystemExit("choose the warm-up: sft=oracle")
     run_dir = Path(HydraConfig.get().runtime.output_dir) / "sft"
-    with env_server(cfg) as (url, _):
-        final = warm_up(cfg, url(), run_dir)
+    try:
+        args = validate(cfg)
+    except ConfigError as exc:
+        raise SystemExit(f"config error: {exc}") from None
+    with env_pool(cfg) as pool:
+        final = warm_up(cfg, pool, run_dir, args.max_completion_length)
     log.info(
         "GRPO from it: python train.py model=%s model.source=path model.name_or_path=%s",
         cfg.model.name,

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from browserrl.config import ConfigError, check_trainer, miniwob_task, validate
+from browserrl.config import ConfigError, grpo_config, validate
+from browserrl.env.tasks import canonical_task
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUPS = ["task", "tuning", "model", "infra", "env", "logger", "sft"]
@@ -71,7 +72,7 @@ def test_groups_override_the_base_trainer_block(compose_cfg, overrides, expected
 
 
 def test_trainer_block_reaches_grpo_config(compose_cfg):
-    args = check_trainer(compose_cfg("trainer.max_steps=2", "trainer.learning_rate=0.003"))
+    args = grpo_config(compose_cfg("trainer.max_steps=2", "trainer.learning_rate=0.003"), "unused", [])
     assert args.max_steps == 2 and args.learning_rate == 0.003
 
 
@@ -81,7 +82,7 @@ def test_trainer_block_reaches_grpo_config(compose_cfg):
         (["task=miniwob", "task.name=click-nothing"], "task.name"),
         (["lora.r=0"], "lora.r"),
         (["lora.r=-4"], "lora.r"),
-        (["lora.dropout=1.5"], "lora.dropout"),
+        (["lora.lora_dropout=1.5"], "lora.lora_dropout"),
         (["+trainer.not_a_field=1"], "trainer.not_a_field"),
         (["rewards.success=0"], "rewards"),
         (["env=remote", "env.url=http://127.0.0.1:9"], "env.url"),
@@ -89,7 +90,23 @@ def test_trainer_block_reaches_grpo_config(compose_cfg):
         (["model.source=path"], "model.name_or_path"),
         (["model.source=path", "model.name_or_path=/nonexistent"], "model.name_or_path"),
         (["sft=oracle", "sft.tasks=[click-test,click-link]"], "sft.tasks"),
-        (["sft=oracle", "sft.observation_delay=-1"], "sft.observation_delay"),
+        (["sft=oracle", "sft.episodes_per_task=0"], "sft.episodes_per_task"),
+        (["env=remote"], "env.url"),  # missing mandatory value
+        (["trainer.learning_rate=abc"], "trainer.learning_rate"),  # wrong type
+        (["trainer.learning_rate=-1e-3"], "trainer.learning_rate"),
+        (["trainer.max_steps=-5"], "trainer.max_steps"),
+        (["trainer.temperature=-1"], "trainer.temperature"),
+        (["trainer.num_generations=two"], "trainer.num_generations"),
+        (["+trainer.bf16=true"], "trainer.bf16"),  # infra.precision decides it
+        (["infra.precision=fp16"], "infra.precision"),
+        (["eval.num_seeds=-1"], "eval.num_seeds"),
+        (["eval.first_seed=10"], "eval.first_seed"),  # would overlap the training seeds
+        (["seed=abc"], "seed"),
+        (["task.max_steps=0"], "task.max_steps"),
+        (["task.allowed_actions=[click,teleport]"], "task.allowed_actions"),
+        (["suite.tasks=[click-test,clik-button]"], "suite.tasks"),
+        (["env.sessions=0"], "env.sessions"),
+        (["model.source=cloud"], "model.source"),
     ],
 )
 def test_bad_config_names_the_key(compose_cfg, overrides, key):
@@ -99,5 +116,7 @@ def test_bad_config_names_the_key(compose_cfg, overrides, key):
 
 
 def test_task_names():
-    assert miniwob_task("miniwob.click-test") == "click-test"
-    assert miniwob_task("book-flight") == "book-flight"
+    assert canonical_task("miniwob.click-test") == "click-test"
+    assert canonical_task("book-flight") == "book-flight"
+    with pytest.raises(ValueError, match="click-button"):  # the error names similar tasks
+        canonical_task("click-buton")

@@ -14,10 +14,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from browserrl.env.pool import EnvPool
 from browserrl.generation import SamplingParams, VLLMGenerator
 from browserrl.modeling import load_policy, prepare_packaged_model
-from browserrl.rollout import ChatFormat, RolloutEngine
+from browserrl.pool import EnvPool
+from browserrl.rollout import ChatFormat, RolloutEngine, model_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_INFRA = ["gpu", "gpu-vllm-server"]
@@ -31,9 +31,8 @@ def test_gpu_infra_composes_with_every_model_and_task(compose_cfg, infra, model,
         compose_cfg(f"infra={infra}", f"model={model}", f"task={task}"), resolve=True
     )
     t = cfg["trainer"]
-    assert (t["use_vllm"], t["bf16"], t["use_cpu"]) == (True, True, False)
+    assert (t["use_vllm"], t["use_cpu"], cfg["infra"]["precision"]) == (True, False, "bf16")
     assert t["vllm_mode"] == {"gpu": "colocate", "gpu-vllm-server": "server"}[infra]
-    assert cfg["infra"]["generation"] == "vllm"
 
 
 def test_lfm2_defaults(compose_cfg):
@@ -66,8 +65,9 @@ def test_vllm_colocate_rollout_keeps_the_contract(env_url):
     task = OmegaConf.load(ROOT / "conf/task/click-test.yaml")
     pool = EnvPool(lambda: env_url, size=4)
     try:
-        generator = VLLMGenerator(llm, chat.eot_id, SamplingParams(0.7, 1.0, 0, task.max_action_tokens))
-        batch = RolloutEngine(generator, pool, chat, task).play([("click-test", 7)] * 4)
+        generator = VLLMGenerator(llm, chat.eot_id, SamplingParams(0.7))
+        engine = RolloutEngine(model_policy(generator), pool, chat, {"click-test": task})
+        batch = engine.play([("click-test", 7)] * 4)
     finally:
         pool.close()
     for e in batch.episodes:

@@ -7,11 +7,12 @@ import json
 
 import pytest
 
-from browserrl.env.pool import EnvPool
+from browserrl.config import task_configs
 from browserrl.modeling import load_tokenizer, resolve_model_path
 from browserrl.oracle import book_flight_action, oracle_action
+from browserrl.pool import EnvPool
 from browserrl.rollout import ChatFormat
-from browserrl.sft import collect_demonstrations
+from browserrl.sft import collect_demonstrations, oracle_engine
 from tests.helpers import ROOT
 
 ENTER = "RootWebArea 'Enter Text Task', focused\n\t[14] textbox ''\n\t[15] button 'Submit'"
@@ -92,10 +93,11 @@ def test_book_flight_oracle_solves_real_pages(compose_cfg, env_url):
     cfg = compose_cfg("task=book-flight")
     chat = ChatFormat(load_tokenizer(resolve_model_path(cfg.model)), cfg.model.eot_token)
     seeds = [3, 11, 1000071]
-    pool = EnvPool(lambda: env_url, size=len(seeds), reset_options={"observation_delay": 0.4})
+    pool = EnvPool(lambda: env_url, size=len(seeds))
     try:
-        demos = collect_demonstrations(pool, chat, cfg.task, [("book-flight", s) for s in seeds])
+        engine = oracle_engine(pool, chat, task_configs(cfg), None)  # the task's 0.4 s observation delay
+        demos = collect_demonstrations(engine, [("book-flight", s) for s in seeds])
     finally:
         pool.close()
     assert [d.seed for d in demos] == seeds
-    assert all(8 <= len(d.actions) <= 10 for d in demos)
+    assert all(8 <= d.steps <= 10 for d in demos)

@@ -1,4 +1,5 @@
 from browserrl import rewards
+from browserrl.metrics import log_episodes
 
 
 def test_success_is_binary():
@@ -16,4 +17,31 @@ def test_efficiency_discounts_steps():
 
 def test_select_by_weight():
     funcs, weights = rewards.select({"success": 1.0, "format": 0.0, "efficiency": 0.5})
-    assert [f.__name__ for f in funcs] == ["success", "efficiency"] and weights == [1.0, 0.5]
+    assert [f.__name__ for f in funcs] == ["success", "efficiency", "log_episodes"]
+    assert weights == [1.0, 0.5, 0.0]  # the metric logger scores nothing
+
+
+def test_log_episodes_logs_exact_means_and_scores_nothing():
+    """Per-sample logging: TRL averages everything logged under a name, so rates are means over episodes
+    (and the invalid-action rate a mean over actions), per task too."""
+    logged: dict[str, list[float]] = {}
+    out = log_episodes(
+        prompts=["a", "b", "c"],
+        completions=["", "", ""],
+        log_metric=lambda name, value: logged.setdefault(name, []).append(value),
+        generate_s=[2.5] * 3,
+        env_s=[1.0] * 3,
+        generated_tokens=[30] * 3,
+        task=["click-test", "click-test", "enter-text"],
+        success=[True, False, True],
+        steps=[1, 4, 2],
+        invalid_actions=[0, 4, 0],
+        truncated=[False, True, False],
+        env_error=[False, False, False],
+        max_steps=[4, 4, 4],
+    )
+    assert out == [None, None, None]
+    assert logged["success_rate"] == [1.0, 0.0, 1.0] and logged["click-test/success_rate"] == [1.0, 0.0]
+    assert logged["enter-text/success_rate"] == [1.0] and logged["steps_to_success"] == [1.0, 2.0]
+    assert sum(logged["invalid_action_rate"]) / len(logged["invalid_action_rate"]) == 4 / 7
+    assert logged["success@1"] == [1.0, 0.0, 0.0] and logged["time/generate_s"] == [2.5]

@@ -3,39 +3,42 @@
 from __future__ import annotations
 
 import pytest
-from omegaconf import OmegaConf, open_dict
+from omegaconf import open_dict
 
-from browserrl.env.pool import EnvPool
+from browserrl.config import task_configs, validate
 from browserrl.modeling import load_policy
+from browserrl.pool import EnvPool
 from browserrl.rollout import ChatFormat
-from browserrl.sft import collect_demonstrations, start_from, train_sft
+from browserrl.sft import collect_demonstrations, oracle_engine, start_from, train_sft
 
 
 @pytest.mark.browser
 @pytest.mark.slow
 def test_demonstrations_train_a_loadable_checkpoint(compose_cfg, root, env_url, tmp_path):
-    cfg = compose_cfg("model=tiny-lfm2", "infra=cpu", "tuning=lora")
+    cfg = compose_cfg("model=tiny-lfm2", "infra=cpu", "tuning=lora", "sft=oracle")
     with open_dict(cfg):
-        cfg.sft = OmegaConf.load(root / "conf/sft/oracle.yaml")
         cfg.sft.trainer.update(max_steps=1, per_device_train_batch_size=2, logging_steps=1)
+    validate(cfg)  # as every entry point does: it also sets trainer.bf16 from infra.precision
     model, tokenizer = load_policy(cfg.model)
     chat = ChatFormat(tokenizer)
     instances = [("click-test", 1), ("click-button", 1), ("focus-text", 1), ("enter-text", 1)]
     pool = EnvPool(lambda: env_url, size=4)
     try:
-        demos = collect_demonstrations(pool, chat, cfg.task, instances)
+        engine = oracle_engine(pool, chat, task_configs(cfg, [t for t, _ in instances]), None)
+        demos = collect_demonstrations(engine, instances)
     finally:
         pool.close()
 
     assert [(d.task, d.success) for d in demos] == [(t, True) for t, _ in instances]
     enter = demos[-1]
-    assert [a.split("(")[0] for a in enter.actions] == ["fill", "click"]
+    assert [step["action"].split("(")[0] for step in enter.trace] == ["fill", "click"]
     for demo in demos:
-        assert len(demo.input_ids) == len(demo.completion_mask)
-        taught = [t for t, m in zip(demo.input_ids, demo.completion_mask) if m]
+        assert len(demo.completion_ids) == len(demo.env_mask) == len(demo.logprobs)
+        taught = [t for t, m in zip(demo.completion_ids, demo.env_mask) if m]
         turns = tokenizer.decode(taught).split(chat.eot_token)
-        assert turns == [*demo.actions, ""]  # exactly the actions, each closed by the end-of-turn token
-        assert demo.input_ids[-1] == chat.eot_id
+        actions = [step["action"] for step in demo.trace]
+        assert turns == [*actions, ""]  # exactly the actions, each closed by the end-of-turn token
+        assert demo.completion_ids[-1] == chat.eot_id
 
     final = train_sft(model, tokenizer, demos, cfg, tmp_path)
     assert not (final / "adapter_config.json").exists()  # LoRA merged: a plain model folder

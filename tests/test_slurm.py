@@ -9,7 +9,7 @@ from helpers import ROOT, TINY, run_train
 from hydra import compose, initialize_config_dir
 
 # infra=slurm builds on infra/gpu: these put a CPU-only test machine back on the CPU path.
-CPU = ["trainer.use_cpu=true", "trainer.use_vllm=false", "trainer.bf16=false", "infra.generation=hf"]
+CPU = ["trainer.use_cpu=true", "trainer.use_vllm=false", "infra.precision=fp32"]
 
 
 def test_infra_slurm_selects_the_submitit_slurm_launcher():

@@ -125,18 +125,23 @@ def _literal(node: ast.AST) -> Any:
     raise ActionError("arguments must be plain literals (strings, numbers, True/False/None or lists of them)")
 
 
-def _fits(value: Any, annotation: Any) -> bool:
-    """Whether a literal fits a BrowserGym parameter annotation (str, float, Literal, list[...], unions)."""
+def fits_type(value: Any, annotation: Any) -> bool:
+    """Whether a plain value (str, number, bool, None, list, dict) fits a type annotation: classes, Literal,
+    unions, list[...] and dict[...]. An int fits float, a bool fits neither. Action arguments are checked
+    against BrowserGym's signatures with it, config values against the dataclass fields they fill."""
     if annotation is inspect.Parameter.empty or annotation is typing.Any:
         return True
     origin = typing.get_origin(annotation)
     if origin is typing.Literal:
         return value in typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, arg) for arg in typing.get_args(annotation))
+        return any(fits_type(value, arg) for arg in typing.get_args(annotation))
     if origin is list:
         (item,) = typing.get_args(annotation) or (typing.Any,)
-        return isinstance(value, list) and all(_fits(v, item) for v in value)
+        return isinstance(value, list) and all(fits_type(v, item) for v in value)
+    if origin is dict:
+        _, item = typing.get_args(annotation) or (str, typing.Any)
+        return isinstance(value, dict) and all(fits_type(v, item) for v in value.values())
     if annotation is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if annotation is int:
@@ -192,7 +197,7 @@ def parse_action(
         raise ActionError(f"{name}{signature}: {e}") from None
     for param, value in bound.arguments.items():
         annotation = signature.parameters[param].annotation
-        if not _fits(value, annotation):
+        if not fits_type(value, annotation):
             expected = getattr(annotation, "__name__", str(annotation))
             raise ActionError(f"{name}: argument {param!r} must be {expected}, got {value!r}"[:300])
     _check_numbers(name, bound.arguments.values())

@@ -44,7 +44,7 @@ from openenv.core.env_server.types import EnvironmentMetadata
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
-from browserrl.actions import ACTION_FUNCTIONS, DEFAULT_ALLOWED, MAX_ACTION_LEN, ActionError, parse_action
+from browserrl.env.actions import ACTION_FUNCTIONS, DEFAULT_ALLOWED, MAX_ACTION_LEN, ActionError, parse_action
 from browserrl.env.launcher import EnvSetupError, find_chromium, miniwob_base_url
 from browserrl.env.models import (
     MAX_OBSERVATION_DELAY,
@@ -52,6 +52,7 @@ from browserrl.env.models import (
     BrowserGymObservation,
     BrowserGymState,
 )
+from browserrl.env.tasks import canonical_task, miniwob_tasks
 
 log = logging.getLogger(__name__)
 
@@ -114,22 +115,6 @@ class EnvConfig:
     miniwob_url: str | None = None
     #: Limits live browsers across all sessions and HTTP calls of a server (None: no limit).
     browser_slots: threading.BoundedSemaphore | None = field(default=None, compare=False)
-
-
-@functools.cache
-def miniwob_tasks() -> dict[str, type[AbstractMiniwobTask]]:
-    """BrowserGym's MiniWoB++ task classes by name (``click-test``, ``book-flight``, ...)."""
-    from browsergym.miniwob import ALL_MINIWOB_TASKS
-
-    return {cls.subdomain: cls for cls in ALL_MINIWOB_TASKS}
-
-
-def canonical_task(name: str) -> str:
-    """``click-test``, ``miniwob.click-test`` and ``browsergym/miniwob.click-test`` -> ``click-test``."""
-    short = name.strip().removeprefix("browsergym/").removeprefix("miniwob.")
-    if short not in miniwob_tasks():
-        raise ValueError(f"unknown MiniWoB task {name!r}; e.g. click-test, click-button, book-flight")
-    return short
 
 
 @functools.cache

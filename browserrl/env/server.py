@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from openenv.core.env_server.http_server import create_app
 from openenv.core.env_server.types import ConcurrencyConfig
 
-from browserrl.actions import DEFAULT_ALLOWED, MAX_ACTION_LEN, resolve_allowed
+from browserrl.env.actions import DEFAULT_ALLOWED, MAX_ACTION_LEN, resolve_allowed
 from browserrl.env.launcher import EnvSetupError, preflight
 
 if TYPE_CHECKING:
@@ -95,7 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         chromium, miniwob_url = preflight()
-        from browserrl.env.environment import EnvConfig, canonical_task, close_all
+        from browserrl.env.environment import EnvConfig, close_all
+        from browserrl.env.tasks import canonical_task
 
         extra = [a.strip() for a in args.allow_actions.split(",") if a.strip()]
         config = EnvConfig(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from browserrl.actions import (
+from browserrl.env.actions import (
     ALL_ACTIONS,
     DEFAULT_ALLOWED,
     MAX_ACTION_LEN,

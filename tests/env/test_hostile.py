@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from browserrl.actions import validate_action
 from browserrl.env import BrowserGymAction, BrowserGymEnv, LocalEnvServer, check_env_url
+from browserrl.env.actions import validate_action
 from tests.env.conftest import run, solve_click_test
 
 pytestmark = pytest.mark.browser

@@ -54,7 +54,7 @@ def test_same_seed_same_page(server: LocalEnvServer) -> None:
 def test_unknown_task_is_a_clear_error(server: LocalEnvServer) -> None:
     async def go() -> None:
         async with BrowserGymEnv(base_url=server.url) as env:
-            with pytest.raises(EnvServerRefused, match="unknown MiniWoB task"):
+            with pytest.raises(EnvServerRefused, match="no MiniWoB\+\+ task named"):
                 await env.reset(seed=0, task_name="no-such-task")
 
     run(go())
