@@ -12,6 +12,7 @@ number it plots was taken.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import re
@@ -48,6 +49,12 @@ class Run:
     @property
     def seed(self) -> int:
         return int(self.config["seed"])
+
+    @property
+    def tasks(self) -> list[str]:
+        """The tasks the run trained on: its suite's (runs older than suites: its one task)."""
+        suite = self.config.get("suite") or {"tasks": [self.config["task"]["name"]]}
+        return list(suite["tasks"])
 
     @property
     def group(self) -> str:
@@ -212,17 +219,23 @@ def _pyplot() -> Any:
     return plt
 
 
+#: Line styles and markers by group: runs whose curves coincide (LoRA ranks from the same seed) stay apart.
+STYLES = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1)), "v"), ((0, (1, 3)), "P"))
+
+
 def plot_curves(runs: list[Run], metrics: tuple[str, ...] = CURVE_METRICS, prefix: str = "") -> Any:
     """One panel per metric against step: a line per group (mean over seeds) and its min-max band."""
     plt = _pyplot()
     groups = by_group(runs)
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
-        for label, members in groups.items():
+        for (label, members), (style, marker) in zip(groups.items(), itertools.cycle(STYLES)):
             agg = band(members, prefix + metric)
             if agg is None:
                 continue
-            (line,) = ax.plot(agg.steps, agg.mean, marker="o", ms=3, label=f"{label} (n={agg.seeds})")
+            (line,) = ax.plot(
+                agg.steps, agg.mean, ls=style, marker=marker, ms=4, label=f"{label} (n={agg.seeds})"
+            )
             ax.fill_between(agg.steps, agg.low, agg.high, color=line.get_color(), alpha=0.2)
         ax.set_title(prefix + metric)
         ax.set_xlabel("step")
@@ -292,6 +305,106 @@ def plot_resources(runs: list[Run]) -> Any:
     return fig
 
 
+def plot_task_curves(runs: list[Run]) -> Any:
+    """Training success per task against step, a panel per task, a line per run (a step's rate covers the
+    groups of that task it drew, so a task is absent from steps that drew none of it)."""
+    plt = _pyplot()
+    tasks = list(dict.fromkeys(t for run in runs for t in run.tasks))
+    cols = min(len(tasks), 4)
+    rows = -(-len(tasks) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
+    colors = {label: f"C{i}" for i, label in enumerate(by_group(runs))}
+    styles = dict(zip(colors, itertools.cycle(STYLES)))
+    for ax, task in zip(axes.flat, tasks):
+        for run in runs:
+            steps, values = run.series(f"{task}/success_rate")
+            if steps:
+                style, marker = styles[run.group]
+                ax.plot(steps, values, ls=style, marker=marker, ms=3, color=colors[run.group], label=run.name)
+        ax.set_title(task, fontsize="medium")
+        ax.set_ylim(-0.05, 1.05)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(tasks) :]:
+        ax.axis("off")
+    axes[0][0].legend(fontsize="x-small")
+    fig.suptitle("training success per task (sampled episodes of each step)")
+    fig.tight_layout()
+    return fig
+
+
+def task_rows(runs: list[Run]) -> list[dict[str, Any]]:
+    """Held-out success per run and task, before and after training, sampled and greedy."""
+    rows = []
+    for run in runs:
+        for task in run.tasks:
+            get = run.summary.get
+            rows.append(
+                {
+                    "run": run.name,
+                    "task": task,
+                    "before": get(f"base/{task}/success_rate"),
+                    "after": get(f"eval/{task}/success_rate"),
+                    "before, greedy": get(f"base/greedy_{task}/success_rate"),
+                    "after, greedy": get(f"eval/greedy_{task}/success_rate"),
+                }
+            )
+    return rows
+
+
+def plot_task_success(runs: list[Run]) -> Any:
+    """Held-out success per task before and after training, sampled and greedy (mean over the runs)."""
+    plt = _pyplot()
+    rows = task_rows(runs)
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    columns = ("before", "after", "before, greedy", "after, greedy")
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(tasks) + 2), 3.6))
+    width = 0.8 / len(columns)
+    for i, column in enumerate(columns):
+        values = []
+        for task in tasks:
+            found = [r[column] for r in rows if r["task"] == task and _finite(r[column])]
+            values.append(mean(found) if found else 0.0)
+        xs = [j + (i - (len(columns) - 1) / 2) * width for j in range(len(tasks))]
+        ax.bar(xs, values, width, label=column, color=("C7", "C0", "C8", "C1")[i])
+    ax.set_xticks(range(len(tasks)), tasks, rotation=35, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("held-out success")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    return fig
+
+
+#: Bars of the suite plot, in order; the baselines without a decoding are drawn as ticks.
+SUITE_BARS = ("base greedy", "base sampled", "trained greedy", "trained sampled", "oracle scripted")
+SUITE_TICKS = {"constant scripted": ("k", "_"), "random scripted": ("0.5", "x")}
+
+
+def plot_suite(rows: list[dict[str, Any]], path: str | Path) -> None:
+    """Per-task held-out success (browserrl.evaluate.evaluate_suite's rows): a bar per model and decoding
+    and for the oracle, a tick for the constant and the random baselines."""
+    plt = _pyplot()
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    value = {(r["task"], f"{r['policy']} {r['decoding']}"): r["success@max"] for r in rows}
+    bars = [b for b in SUITE_BARS if any(key[1] == b for key in value)]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(tasks) + 2), 3.8))
+    width = 0.8 / max(len(bars), 1)
+    for i, bar in enumerate(bars):
+        xs = [j + (i - (len(bars) - 1) / 2) * width for j in range(len(tasks))]
+        heights = [value.get((task, bar)) or 0.0 for task in tasks]
+        ax.bar(xs, heights, width, label=bar.removesuffix(" scripted"), color=f"C{i}")
+    for tick, (color, marker) in SUITE_TICKS.items():
+        points = [(j, value[(task, tick)]) for j, task in enumerate(tasks) if (task, tick) in value]
+        if points:
+            ax.scatter(*zip(*points), color=color, marker=marker, s=120, zorder=3, label=tick.split()[0])
+    ax.set_xticks(range(len(tasks)), tasks, rotation=35, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("held-out success")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_report(runs: list[Run], out_dir: str | Path) -> dict[str, Path]:
     """All PNGs and the markdown summary table of a sweep, written into `out_dir` (the sweep folder)."""
     plt = _pyplot()
@@ -303,16 +416,21 @@ def write_report(runs: list[Run], out_dir: str | Path) -> dict[str, Path]:
     }
     if any(band([r], "eval/success_rate") for r in runs):  # periodic held-out eval during training
         figures["eval_curves"] = plot_curves(runs, ("success_rate", *SUCCESS_KEYS), prefix="eval/")
+    if any(len(r.tasks) > 1 for r in runs):  # suites: each task's training curve and held-out success
+        figures["task_curves"] = plot_task_curves(runs)
+        figures["task_success"] = plot_task_success(runs)
     written = {}
     for name, fig in figures.items():
         written[name] = out_dir / f"{name}.png"
         fig.savefig(written[name], dpi=110)
         plt.close(fig)
     written["table"] = out_dir / "summary.md"
+    per_task = markdown_table(task_rows(runs)) if figures.keys() >= {"task_success"} else ""
     written["table"].write_text(
         f"# Sweep summary ({len(runs)} runs)\n\nsuccess@N: held-out, after training. "
         f"steps to {TARGET_SUCCESS}: first step whose training success rate reached it.\n\n"
         + markdown_table(summary_rows(runs))
+        + (f"\nHeld-out success per task (sampled; greedy):\n\n{per_task}" if per_task else "")
     )
     return written
 

@@ -1,54 +1,117 @@
-"""Held-out evaluation: the same episodes and metrics as training, on seeds training never sees."""
+"""Held-out evaluation: the same episodes and metrics as training, on seeds training never sees.
+
+In training: `heldout_report` before and after (and `PeriodicEval` during). For a suite: `evaluate_suite`
+plays the base model, a trained checkpoint and the baselines that would expose a shortcut (the scripted
+oracle, a random valid action, the best constant action) on every task, and writes per-task tables and bars.
+Results that do not depend on a trained checkpoint are cached (`cached`): a sweep evaluates its base model
+once, and the baselines are played once per suite and seed range.
+"""
 
 from __future__ import annotations
 
-import base64
-import io
+import hashlib
 import json
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image, ImageDraw
 from transformers import Trainer, TrainerCallback
 
-from browserrl.analysis import markdown_table
+from browserrl import baselines, oracle
+from browserrl.analysis import markdown_table, plot_suite
+from browserrl.baselines import constant_action, constant_candidates, random_action
 from browserrl.config import task_configs
 from browserrl.generation import HFGenerator, SamplingParams
-from browserrl.metrics import episode_metrics, episode_record, jsonable
-from browserrl.modeling import load_checkpoint, load_policy
-from browserrl.pool import EnvFailure, EnvPool, env_pool
-from browserrl.rollout import ChatFormat, Episode, RolloutEngine, model_policy
+from browserrl.metrics import episode_metrics, jsonable
+from browserrl.modeling import cache_root, load_checkpoint, load_policy, model_identity
+from browserrl.pool import env_pool
+from browserrl.rollout import ChatFormat, Episode, Policy, RolloutEngine, model_policy, scripted_policy
+from browserrl.traces import ScreenshotRecorder, record_trace, write_traces
 
 log = logging.getLogger(__name__)
+
+#: A task on which one constant action string solves this share of the held-out seeds does not test page
+#: reading: the suite evaluation marks it and leaves it out of the suite mean.
+NOT_READING = 0.5
+COLUMNS = ("episodes", "success@1", "success@max", "mean_steps", "invalid_action_rate", "env_errors")
 
 
 def heldout_seeds(cfg: DictConfig) -> list[int]:
     return list(range(cfg.eval.first_seed, cfg.eval.first_seed + cfg.eval.num_seeds))
 
 
-def evaluate(
-    engine: RolloutEngine, tasks: Sequence[str], seeds: Sequence[int], greedy: bool
-) -> tuple[dict[str, float], list[Episode]]:
-    """Every task on every seed; the metrics pool all episodes (equal seeds per task: the suite mean) and
-    carry each task's own under `TASK/`."""
-    batch = engine.play([(task, s) for task in tasks for s in seeds], greedy=greedy)
-    return episode_metrics(batch.episodes), batch.episodes
+def cached(key: dict[str, Any], compute: Callable[[], Any], use: bool = True) -> Any:
+    """`compute()` once per key: the JSON result is kept under the cache root (eval/KEY.json) and read back
+    by every later call with the same key: the runs of a sweep, a re-run of a suite evaluation."""
+    if not use:
+        return compute()
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = cache_root() / "eval" / f"{digest}.json"
+    if path.exists():
+        log.info("evaluation read from the cache: %s (%s %s)", path, key["policy"], key["decoding"])
+        return json.loads(path.read_text())["result"]
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"key": key, "result": result}, default=str) + "\n")
+    tmp.rename(path)
+    return result
 
 
-def heldout_report(engine: RolloutEngine, cfg: DictConfig, prefix: str) -> dict[str, float]:
-    """`{prefix}/success_rate`, ... sampled at the training temperature; `{prefix}/greedy_*` if enabled."""
+def eval_key(
+    cfg: DictConfig, policy: str, decoding: str, tasks: Sequence[str], runs: Sequence[int], kind: str
+) -> dict[str, Any]:
+    """What a held-out result depends on: the policy (the model's identity, or the scripts' code), each
+    task's settings (prompt included), the seeds, decoding and sampling, precision and the token budget."""
+    t = cfg.trainer
+    scripted = decoding == "scripted"
+    code = b"".join(Path(m.__file__).read_bytes() for m in (baselines, oracle))
+    return {
+        "kind": kind,
+        "policy": policy,
+        "model": None if scripted else model_identity(cfg.model),
+        "scripts": hashlib.sha1(code).hexdigest()[:12] if scripted else None,
+        "decoding": decoding,
+        "tasks": {
+            n: OmegaConf.to_container(c, resolve=True) for n, c in task_configs(cfg, list(tasks)).items()
+        },
+        "seeds": list(runs),
+        "sampling": None if scripted else [t.temperature, t.top_p, t.get("top_k"), t.get("bf16")],
+        "max_completion_length": t.max_completion_length,
+    }
+
+
+def play_seeded(engine: RolloutEngine, instances: list[tuple[str, int]], greedy: bool) -> list[Episode]:
+    """Episodes sampled with a fixed torch seed (the first instance's): the same noise for every model and
+    every run, and the caller's random state left as it was."""
+    with torch.random.fork_rng():
+        torch.manual_seed(instances[0][1])
+        return engine.play(instances, greedy=greedy).episodes
+
+
+def heldout_report(
+    engine: RolloutEngine, cfg: DictConfig, prefix: str, cache: bool = False
+) -> dict[str, Any]:
+    """`{prefix}/success_rate`, per task `{prefix}/TASK/success_rate`, ... over the suite's tasks on the
+    held-out seeds, sampled at the training temperature; `{prefix}/greedy_*` if enabled. With `cache` (the
+    base model: it is the same for every run of a sweep) the result is read from `cached` when it exists."""
     seeds, tasks = heldout_seeds(cfg), list(cfg.suite.tasks)
     report = {}
     for decoding in ("sampled", "greedy") if cfg.eval.greedy else ("sampled",):
-        metrics, _ = evaluate(engine, tasks, seeds, greedy=decoding == "greedy")
+
+        def compute(decoding: str = decoding) -> dict[str, Any]:
+            instances = [(task, s) for task in tasks for s in seeds]
+            return jsonable(episode_metrics(play_seeded(engine, instances, decoding == "greedy")))
+
+        metrics = cached(eval_key(cfg, prefix, decoding, tasks, seeds, "report"), compute, cache)
         tag = "" if decoding == "sampled" else "greedy_"
         report |= {f"{prefix}/{tag}{k}": v for k, v in metrics.items()}
         log.info(
-            "held-out %s, %s: success %.3f over %d episodes (%s, %d seeds each)",
+            "held-out %s, %s: success %.3f over %d episodes (%s; %d seeds each)",
             prefix,
             decoding,
             metrics["success_rate"],
@@ -80,179 +143,165 @@ class PeriodicEval(TrainerCallback):
             Trainer.log(self.trainer, heldout_report(self.engine, self.cfg, "eval"))
 
 
-class ScreenshotRecorder:
-    """Wraps an EnvPool for the rollout engine and keeps every observation's screenshot, per episode.
+def task_rows(policy: str, decoding: str, episodes: Sequence[Episode], **extra: Any) -> list[dict[str, Any]]:
+    """One row per task: the policy's held-out metrics on it."""
+    rows = []
+    for task in dict.fromkeys(e.task for e in episodes):
+        mine = [e for e in episodes if e.task == task]
+        metrics = {k: v for k, v in episode_metrics(mine).items() if "/" not in k}
+        mean_steps = sum(e.steps for e in mine) / len(mine)
+        row = {"policy": policy, "decoding": decoding, "task": task, **metrics, "mean_steps": mean_steps}
+        rows.append(jsonable(row | extra))
+    return rows
 
-    The engine resets slots chunk by chunk in episode order, so the n-th reset starts the n-th episode.
-    Screenshots come when the pool asks for them at reset (`reset_options={"screenshot": True}`), or when
-    the server sends them anyway (one run with `--screenshot`, or OpenEnv's BrowserGym Space).
+
+class SuiteEvaluation:
+    """Held-out episodes of every task of a suite for several policies, in the same env sessions.
+
+    Rows are (policy, decoding, task); traces go to out_dir/traces/POLICY-DECODING.json. Results that do not
+    depend on a trained checkpoint are cached, unless screenshots are recorded.
     """
 
-    def __init__(self, pool: EnvPool):
-        self.pool, self.size = pool, pool.size
-        self.frames: list[list[str | list]] = []
-        self._episode_of_slot: dict[int, int] = {}
+    def __init__(self, cfg: DictConfig, engine: RolloutEngine, out_dir: Path, recorder: Any, gif: bool):
+        self.cfg, self.engine, self.out_dir, self.recorder, self.gif = cfg, engine, out_dir, recorder, gif
+        self.tasks, self.seeds = list(cfg.suite.tasks), heldout_seeds(cfg)
+        self.rows: list[dict[str, Any]] = []
 
-    def reset(
+    def play(
         self,
-        slots: Sequence[int],
+        name: str,
+        policy: Policy,
+        decoding: str,
         tasks: Sequence[str],
-        seeds: Sequence[int],
-        options: Sequence[dict[str, Any]] | None = None,
-    ) -> list[Any]:
-        results = self.pool.reset(slots, tasks, seeds, options)
-        for slot, result in zip(slots, results):
-            self._episode_of_slot[slot] = len(self.frames)
-            self.frames.append([])
-            self._keep(slot, result)
-        return results
+        runs: Sequence[int],
+        cache: bool = True,
+        traces: bool = True,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """Rows (and trace records) of `policy` on every task of `tasks` and seed of `runs`."""
 
-    def step(self, slots: Sequence[int], actions: Sequence[str]) -> list[Any]:
-        results = self.pool.step(slots, actions)
-        for slot, result in zip(slots, results):
-            self._keep(slot, result)
-        return results
+        def compute() -> dict[str, Any]:
+            self.engine.policy = policy
+            instances = [(t, s) for t in tasks for s in runs]
+            episodes = play_seeded(self.engine, instances, greedy=decoding == "greedy")
+            frames = self.recorder.take() if self.recorder else [[] for _ in episodes]
+            return {
+                "rows": task_rows(name, decoding, episodes, **extra),
+                "traces": [record_trace(e, f) for e, f in zip(episodes, frames)],
+            }
 
-    def _keep(self, slot: int, result: Any) -> None:
-        shot = None if isinstance(result, EnvFailure) else result.observation.screenshot
-        if shot is not None:
-            self.frames[self._episode_of_slot[slot]].append(shot)
+        key = eval_key(self.cfg, name, decoding, tasks, runs, "rows") | {"extra": extra}
+        result = cached(key, compute, cache and self.recorder is None)
+        if traces:
+            write_traces(f"{name}-{decoding}", result["traces"], self.out_dir, self.gif)
+        return result
 
-    def take(self) -> list[list[str | list]]:
-        """The frames of the episodes played since the last call, in episode order."""
-        frames, self.frames = self.frames, []
-        return frames
+    def model(self, name: str, generator: HFGenerator, samples: int, cache: bool) -> None:
+        """Greedy on each seed, and sampled `samples` times per seed at the training temperature."""
+        for decoding, runs in (("greedy", self.seeds), ("sampled", self.seeds * samples)):
+            played = self.play(name, model_policy(generator), decoding, self.tasks, runs, cache=cache)
+            self.rows += played["rows"]
 
-
-def screenshot_image(shot: str | list) -> Image.Image:
-    """A base64 PNG (this server) or a [h][w][rgb] int array (OpenEnv's BrowserGym server) as an image."""
-    if isinstance(shot, str):
-        return Image.open(io.BytesIO(base64.b64decode(shot))).convert("RGB")
-    return Image.fromarray(np.asarray(shot, dtype=np.uint8))
-
-
-def with_replies(record: dict[str, Any], episode: Episode) -> dict[str, Any]:
-    """Each traced step also gets the model's reply it came from (the last turns of the chat; the earlier
-    assistant turns are the prompt's worked example)."""
-    replies = [m["content"] for m in episode.messages if m["role"] == "assistant"]
-    steps = [dict(step) for step in record["trace"]]
-    for step, reply in zip(steps, replies[len(replies) - len(steps) :]):
-        step["reply"] = reply
-    return {**record, "trace": steps}
-
-
-def captions(episode: Episode) -> list[str]:
-    """One line per frame of an episode: the goal after reset, then each action and what it got."""
-    lines = [f"goal: {episode.goal}"]
-    for i, step in enumerate(episode.trace, 1):
-        outcome = step.get("env_error") or step.get("error") or f"reward {step.get('reward')}"
-        lines.append(f"{i}: {step['action'] or '(no action)'} -> {outcome}")
-    return lines
-
-
-def save_frames(frames: list[str | list], folder: Path, gif_captions: list[str] | None = None) -> list[Path]:
-    """step_0.png (the page after reset), step_1.png, ...; with captions also episode.gif, each frame
-    captioned (the caption also keeps Pillow from merging identical pages into one frame)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    images = [screenshot_image(shot) for shot in frames]
-    paths = []
-    for i, image in enumerate(images):
-        paths.append(folder / f"step_{i}.png")
-        image.save(paths[-1])
-    if gif_captions is not None and images:
-        captioned = []
-        for image, caption in zip(images, gif_captions):
-            frame = Image.new("RGB", (image.width, image.height + 24), "white")
-            frame.paste(image, (0, 0))
-            ImageDraw.Draw(frame).text((4, image.height + 6), caption[:90], fill="black")
-            captioned.append(frame)
-        captioned[0].save(
-            folder / "episode.gif", save_all=True, append_images=captioned[1:], duration=1000, loop=0
-        )
-    return paths
+    def baselines(self, chat: ChatFormat) -> None:
+        """The scripted oracle (where one exists), a random valid action, and per task the constant action
+        string that solves the most held-out seeds (candidates: the strings the oracle and the random
+        policy played most on that task)."""
+        with_oracle = [t for t in self.tasks if t in oracle.ORACLE_TASKS]
+        played = []
+        for name, act, tasks in (("oracle", oracle.act, with_oracle), ("random", random_action, self.tasks)):
+            if tasks:
+                result = self.play(name, scripted_policy(act, chat), "scripted", tasks, self.seeds)
+                self.rows += result["rows"]
+                played += result["traces"]
+        for task in self.tasks:
+            best = None
+            for action in constant_candidates([t for t in played if t["task"] == task]):
+                policy = scripted_policy(constant_action(action), chat)
+                rows = self.play(
+                    "constant", policy, "scripted", [task], self.seeds, traces=False, action=action
+                )
+                if best is None or rows["rows"][0]["success@max"] > best[0]["success@max"]:
+                    best = rows["rows"]
+            self.rows += best or []
 
 
-EVAL_COLUMNS = (
-    "episodes",
-    "success@1",
-    "success@2",
-    "success@4",
-    "success@max",
-    "steps_to_success",
-    "mean_steps",
-    "invalid_action_rate",
-    "env_errors",
-)
+def summary_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per task: success@max of every policy and decoding, the best constant action, whether the
+    task reads the page (its constant action solves < NOT_READING); then the suite mean over the
+    page-reading tasks (none where a policy lacks a task: the oracle on tasks without one)."""
+    columns = list(dict.fromkeys(f"{r['policy']} {r['decoding']}".removesuffix(" scripted") for r in rows))
+    table = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        row: dict[str, Any] = {"task": task}
+        for r in (r for r in rows if r["task"] == task):
+            row[f"{r['policy']} {r['decoding']}".removesuffix(" scripted")] = r["success@max"]
+            if r["policy"] == "constant":
+                row["constant action"] = r["action"]
+        row["reads the page"] = "no" if (row.get("constant") or 0) >= NOT_READING else "yes"
+        table.append(row)
+    reading = [row for row in table if row["reads the page"] == "yes"]
+    mean: dict[str, Any] = {"task": f"suite mean ({len(reading)} page-reading tasks)"}
+    for column in columns:
+        values = [row[column] for row in reading if row.get(column) is not None]
+        mean[column] = sum(values) / len(values) if values and len(values) == len(reading) else None
+    header = ["task", *columns, "constant action", "reads the page"]
+    return [{k: row.get(k) for k in header} for row in [*table, mean]]
 
 
-def success_table(rows: list[dict[str, Any]]) -> str:
-    """Markdown: one row per (model, decoding), the success@N columns, steps and invalid-action rate."""
-    return markdown_table([{k: row.get(k) for k in ("model", "decoding", *EVAL_COLUMNS)} for row in rows])
-
-
-def write_traces(
-    name: str, episodes: list[Episode], frames: list[list[str | list]], out_dir: Path, gif: bool
-) -> None:
-    """traces/NAME.json, and the screenshots (and GIFs) of each episode when it has any."""
-    traces = []
-    for i, (episode, shots) in enumerate(zip(episodes, frames)):
-        trace = with_replies(episode_record(episode), episode)
-        if shots:
-            folder = out_dir / "screenshots" / name / f"{i:03d}-seed{episode.seed}"
-            paths = save_frames(shots, folder, captions(episode) if gif else None)
-            trace["screenshots"] = [str(p.relative_to(out_dir)) for p in paths]
-        traces.append(trace)
-    (out_dir / "traces").mkdir(parents=True, exist_ok=True)
-    (out_dir / "traces" / f"{name}.json").write_text(json.dumps(traces, indent=1) + "\n")
-
-
-def evaluate_checkpoint(
-    checkpoint: str | Path,
+def evaluate_suite(
+    cfg: DictConfig,
     out_dir: str | Path,
-    overrides: Sequence[str] = (),
+    checkpoint: str | Path | None = None,
     samples: int = 1,
-    baseline: bool = True,
+    with_baselines: bool = True,
     screenshots: bool = False,
     gif: bool = False,
 ) -> list[dict[str, Any]]:
-    """Greedy and sampled episodes of a checkpoint and of its base model (the baseline) on held-out seeds.
+    """Held-out evaluation of the suite's tasks (cfg.suite.tasks on cfg.eval's seeds): the base model
+    (cfg.model), the checkpoint if given (a run's final/ or checkpoints/checkpoint-N), the baselines.
 
-    Writes into `out_dir`: success_table.md and results.json (one row per model and decoding), and
-    traces/MODEL-DECODING.json (goal, each action with its reward, error and the model's reply); with
-    `screenshots`, a PNG per step (and with `gif` a captioned GIF per episode) under
-    screenshots/MODEL-DECODING/NNN-seedS/, their paths relative to `out_dir` in the trace.
-    `overrides` are dotted settings on the checkpoint's config (eval.num_seeds=64, env.mode=remote, ...).
+    Writes into `out_dir`: results.json (one row per policy, decoding and task), success_table.md (per task,
+    every policy's success and the suite mean over page-reading tasks; then the detailed rows),
+    suite_success.png (per-task bars) and traces/; with `screenshots` a PNG per step, with `gif` a captioned
+    GIF per episode.
     """
     out_dir = Path(out_dir)
-    policy, tokenizer, cfg = load_checkpoint(checkpoint)
-    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    out_dir.mkdir(parents=True, exist_ok=True)
     screenshots = screenshots or gif
+    base, tokenizer = load_policy(cfg.model)
     chat = ChatFormat(tokenizer, cfg.model.eot_token)
     t = cfg.trainer
     sampling = SamplingParams(t.temperature, t.top_p, t.get("top_k") or 0)
-    models = {"base": lambda: load_policy(cfg.model)[0]} if baseline else {}
-    models["checkpoint"] = lambda: policy
-    seeds, tasks = heldout_seeds(cfg), list(cfg.suite.tasks)
-    rows = []
+
+    def generator(model: Any) -> HFGenerator:
+        return HFGenerator(
+            model, tokenizer.pad_token_id, chat.eot_id, sampling, t.bf16, cfg.infra.reuse_kv_cache
+        )
+
     with env_pool(cfg, screenshot=screenshots) as pool:
         recorder = ScreenshotRecorder(pool) if screenshots else None
-        for model_name, load in models.items():
-            generator = HFGenerator(
-                load(), tokenizer.pad_token_id, chat.eot_id, sampling, t.bf16, cfg.infra.reuse_kv_cache
-            )
-            engine = RolloutEngine(
-                model_policy(generator), recorder or pool, chat, task_configs(cfg), t.max_completion_length
-            )
-            for decoding, runs in (("greedy", seeds), ("sampled", seeds * samples)):
-                metrics, episodes = evaluate(engine, tasks, runs, greedy=decoding == "greedy")
-                frames = recorder.take() if recorder else [[] for _ in episodes]
-                write_traces(f"{model_name}-{decoding}", episodes, frames, out_dir, gif)
-                mean_steps = sum(e.steps for e in episodes) / len(episodes)
-                rows.append({"model": model_name, "decoding": decoding, **metrics, "mean_steps": mean_steps})
-    rows = [jsonable(row) for row in rows]
-    (out_dir / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (out_dir / "success_table.md").write_text(
-        f"Held-out evaluation of {checkpoint} on {', '.join(tasks)}, seeds {seeds[0]}..{seeds[-1]} "
-        f"({samples} sampled episode(s) per seed at temperature {t.temperature}).\n\n" + success_table(rows)
+        policy = model_policy(generator(base))
+        engine = RolloutEngine(policy, recorder or pool, chat, task_configs(cfg), t.max_completion_length)
+        suite = SuiteEvaluation(cfg, engine, out_dir, recorder, gif)
+        suite.model("base", generator(base), samples, cache=True)
+        if checkpoint is not None:
+            trained, _, _ = load_checkpoint(checkpoint)
+            suite.model("trained", generator(trained), samples, cache=False)
+        if with_baselines:
+            suite.baselines(chat)
+    rows, seeds = suite.rows, suite.seeds
+    (out_dir / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
+    what = (
+        f"{checkpoint} (trained) and its base model" if checkpoint else f"the base model ({cfg.model.name})"
     )
+    (out_dir / "success_table.md").write_text(
+        f"Held-out evaluation of {what} on {len(suite.tasks)} tasks, seeds {seeds[0]}..{seeds[-1]}: success "
+        f"rate, greedy and sampled ({samples} per seed, temperature {t.temperature}). A task whose best "
+        f"constant action solves >= {NOT_READING} of the seeds does not read the page: it is left out of the "
+        "suite mean.\n\n"
+        + markdown_table(summary_rows(rows))
+        + "\nPer policy and task:\n\n"
+        + markdown_table([{k: r.get(k) for k in ("policy", "decoding", "task", *COLUMNS)} for r in rows])
+    )
+    plot_suite(rows, out_dir / "suite_success.png")
     return rows

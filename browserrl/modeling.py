@@ -127,6 +127,19 @@ def bf16_native(use_cpu: bool) -> bool:
     return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
 
 
+def model_identity(model_cfg: DictConfig) -> str:
+    """What names a model's weights, for cached evaluations: the packaged GGUF, a tiny model's architecture
+    and seed, a hub id, or a folder with its weights' last modification time."""
+    source, dtype = model_cfg.source, model_cfg.get("dtype", "float32")
+    if source == "path":
+        folder = Path(model_cfg.name_or_path).resolve()
+        stamp = max((p.stat().st_mtime_ns for p in folder.glob("*.safetensors")), default=0)
+        return f"path:{folder}:{stamp}:{dtype}"
+    if source == "tiny":
+        return f"tiny:{model_cfg.get('arch', 'lfm2')}:{model_cfg.get('seed', 0)}:{dtype}"
+    return f"{source}:{PACKAGED_GGUF if source == 'packaged' else model_cfg.name_or_path}:{dtype}"
+
+
 def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import calendar
 import re
+from typing import Any
 
 from browserrl.prompts import AXNode, parse_axtree
 
@@ -41,6 +42,11 @@ def oracle_action(goal: str, axtree: str) -> str | None:
     if goal.startswith("Book the "):
         return book_flight_action(goal, axtree)
     return simple_action(goal, axtree)
+
+
+def act(obs: Any) -> str | None:
+    """The oracle as a script of the last observation (browserrl.rollout.scripted_policy)."""
+    return oracle_action(obs.goal, obs.axtree_txt or "")
 
 
 def simple_action(goal: str, axtree: str) -> str | None:

@@ -23,9 +23,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import SFTConfig, SFTTrainer
 
+from browserrl import oracle
 from browserrl.config import task_configs
 from browserrl.modeling import load_policy, lora_config
-from browserrl.oracle import oracle_action
 from browserrl.pool import EnvPool
 from browserrl.rollout import ChatFormat, Episode, RolloutEngine, scripted_policy
 
@@ -36,8 +36,7 @@ def oracle_engine(
     pool: EnvPool, chat: ChatFormat, tasks: dict[str, DictConfig], max_tokens: int | None
 ) -> RolloutEngine:
     """The rollout engine with the scripted oracle playing the turns."""
-    oracle = scripted_policy(lambda obs: oracle_action(obs.goal, obs.axtree_txt or ""), chat)
-    return RolloutEngine(oracle, pool, chat, tasks, max_tokens)
+    return RolloutEngine(scripted_policy(oracle.act, chat), pool, chat, tasks, max_tokens)
 
 
 def collect_demonstrations(engine: RolloutEngine, instances: Sequence[tuple[str, int]]) -> list[Episode]:

@@ -127,7 +127,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
 
         summary: dict[str, float] = {}
         if cfg.eval.before:
-            summary |= heldout_report(engine, cfg, "base")
+            summary |= heldout_report(engine, cfg, "base", cache=True)  # the same for every run of a sweep
 
         reward_funcs, _ = rewards.select(dict(cfg.rewards))  # their weights are in args
         trainer = GRPOTrainer(

@@ -79,6 +79,20 @@ else:
 fig = analysis.plot_final_success(runs)
 
 # %% [markdown]
+# ## Per task (suite runs)
+#
+# A run on a suite of tasks (`suite=cpu`) logs each task's training success at the steps that drew it, and
+# its held-out success per task before and after training.
+
+# %%
+if any(len(r.tasks) > 1 for r in runs):
+    fig = analysis.plot_task_curves(runs)
+    fig = analysis.plot_task_success(runs)
+    display(Markdown(analysis.markdown_table(analysis.task_rows(runs))))
+else:
+    print("single-task runs: no per-task breakdown")
+
+# %% [markdown]
 # ## Cost
 #
 # Wall time per run, peak memory of the training process (RSS; GPU memory on CUDA) and trainable parameters.

@@ -1,11 +1,17 @@
-"""Evaluate a checkpoint on held-out seeds: greedy and sampled episodes, the base model as the baseline row.
+"""Held-out evaluation of a suite: the base model, a trained checkpoint, and the baselines that would expose a
+shortcut (the scripted oracle, a random valid action, the best constant action), per task.
 
-    python scripts/evaluate.py RUN/final [eval.num_seeds=64 env.sessions=8 ...] [--samples 4] [--gif]
-    make eval CKPT=RUN/final ARGS="--samples 4"
+    python scripts/evaluate.py --suite cpu                          # base model + baselines on the cpu suite
+    python scripts/evaluate.py RUN/final                            # a run, on the tasks it trained on
+    python scripts/evaluate.py RUN/final --suite heldout --samples 4 eval.num_seeds=64
+    make eval ARGS="--suite cpu"          make eval CKPT=RUN/final ARGS="--suite heldout"
 
-CKPT is a run's final/ (LoRA adapter or full model) or one of its checkpoints/checkpoint-N. Settings are
-dotted overrides on the run's saved config (e.g. env.mode=remote env.url=http://HOST:8000). Writes
-success_table.md, results.json and traces/ (and screenshots/ on request) into --out (default: RUN/eval).
+CKPT is a run's final/ (LoRA adapter or full model) or one of its checkpoints/checkpoint-N; the run's saved
+config gives the model, prompt and sampling, and dotted overrides change it (eval.num_seeds=64,
+env.mode=remote env.url=http://HOST:8000). Without CKPT the overrides are train.py's (model=..., task=...).
+`--suite NAME` plays conf/suite/NAME.yaml's tasks with their own settings. Writes success_table.md,
+results.json, suite_success.png and traces/ (screenshots/ on request) into --out (default: RUN/eval, or
+outputs/eval/SUITE). Base-model and baseline results are cached (docs/experiments.md).
 """
 
 from __future__ import annotations
@@ -14,33 +20,73 @@ import argparse
 import logging
 from pathlib import Path
 
-from browserrl.evaluate import evaluate_checkpoint
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from browserrl.config import ConfigError, validate
+from browserrl.evaluate import evaluate_suite
+from browserrl.modeling import checkpoint_config
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def composed(overrides: list[str]) -> DictConfig:
+    """conf/train.yaml with train.py's overrides; a bad group option ends here, with Hydra's message."""
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose(config_name="train", overrides=overrides)
+    except HydraException as exc:
+        raise SystemExit(f"config error: {exc}") from None
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", type=Path, help="RUN/final or RUN/checkpoints/checkpoint-N")
-    p.add_argument("overrides", nargs="*", help="dotted settings on the run's config: eval.num_seeds=64")
-    p.add_argument("--out", type=Path, help="output folder (default: the run dir's eval/)")
+    p.add_argument("checkpoint", nargs="?", type=Path, help="RUN/final or RUN/checkpoints/checkpoint-N")
+    p.add_argument("overrides", nargs="*", help="eval.num_seeds=64 ... (without CKPT: train.py's overrides)")
+    p.add_argument("--suite", help="evaluate on conf/suite/SUITE.yaml's tasks (default: the run's own)")
+    p.add_argument("--out", type=Path, help="output folder")
     p.add_argument("--samples", type=int, default=1, help="sampled episodes per held-out seed")
-    p.add_argument("--no-baseline", action="store_true", help="skip the base model's rows")
+    p.add_argument("--no-baselines", action="store_true", help="skip the oracle, random and constant rows")
     p.add_argument("--screenshots", action="store_true", help="a PNG screenshot per step of every episode")
     p.add_argument("--gif", action="store_true", help="a GIF per episode (implies --screenshots)")
-    args = p.parse_args()
+    args = p.parse_intermixed_args()  # options may come between the checkpoint and the overrides
+    if args.checkpoint is not None and "=" in str(args.checkpoint):  # only overrides were given
+        args.overrides.insert(0, str(args.checkpoint))
+        args.checkpoint = None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    run_dir = args.checkpoint.parent if args.checkpoint.name == "final" else args.checkpoint.parent.parent
-    out = args.out or run_dir / "eval"
-    evaluate_checkpoint(
-        args.checkpoint,
+    if args.checkpoint is None:
+        cfg = composed([*([f"suite={args.suite}"] if args.suite else []), *args.overrides])
+    else:
+        cfg = OmegaConf.merge(checkpoint_config(args.checkpoint), OmegaConf.from_dotlist(args.overrides))
+        if args.suite:
+            suite = composed([f"suite={args.suite}"])
+            with open_dict(cfg):
+                cfg.suite, cfg.tasks = suite.suite, suite.tasks
+        with open_dict(cfg):
+            cfg.trainer.pop("bf16", None)  # validate sets it again from infra.precision, on this machine
+    try:
+        validate(cfg)
+    except ConfigError as exc:
+        raise SystemExit(f"config error: {exc}") from None
+    if args.out:
+        out = args.out
+    elif args.checkpoint is not None:
+        run_dir = args.checkpoint.parent if args.checkpoint.name == "final" else args.checkpoint.parent.parent
+        out = run_dir / "eval" / (args.suite or "")
+    else:
+        out = Path("outputs") / "eval" / cfg.suite.name
+    evaluate_suite(
+        cfg,
         out,
-        args.overrides,
+        args.checkpoint,
         samples=args.samples,
-        baseline=not args.no_baseline,
+        with_baselines=not args.no_baselines,
         screenshots=args.screenshots,
         gif=args.gif,
     )
     print((out / "success_table.md").read_text())
-    print(f"traces: {out / 'traces'}")
+    print(f"written to {out}: success_table.md, results.json, suite_success.png, traces/")
 
 
 if __name__ == "__main__":

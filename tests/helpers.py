@@ -9,14 +9,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# A random 4-layer LFM2 on 2-step episodes: one GRPO step takes seconds. It never solves anything.
-TINY = [
-    "model=tiny-lfm2",
-    "task.max_steps=2",
-    "task.max_action_tokens=6",
-    "trainer.num_generations=2",
-    "trainer.gradient_accumulation_steps=1",
-]
+# conf/debug/tiny.yaml: a random 4-layer LFM2 on 2-step episodes, one GRPO step in seconds.
+TINY = ["+debug=tiny"]
 
 
 def run_train(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
