@@ -724,7 +724,7 @@ def logprob_agreement(ctx: Context, model_name: str, plan: Plan) -> list[dict]:
                     final_norm(policy).weight.mul_(factor)
             logits = probe_logits()
             max_logit, nats = logits.abs().max().item(), entropy(logits, temperature)
-            label = f"{'scaled' if scaled else 'init'}: {nats:.1f} nats, max |logit| {max_logit:.1f}"
+            label = f"{'scaled' if scaled else 'init'}: {nats:.1f} nats, max abs logit {max_logit:.1f}"
             torch.manual_seed(0)
             generator = HFGenerator(
                 policy, ctx.tokenizer.pad_token_id, eot, SamplingParams(temperature), ctx.bf16
@@ -979,12 +979,15 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ["", f"## `{tests['command']}`", "", *table(["test", "outcome", "reason"], rows)]
         if not shown:
             lines.append(f"| - | {tests.get('status', 'no GPU tests collected')} | |")
-        others = len(tests["tests"]) - len(shown)
+        others = [t for t in tests["tests"] if t not in shown]
         if others:
+            missing = sorted(
+                {t["reason"].split("'")[1] for t in others if "No module named '" in t["reason"]}
+            )
             lines += [
                 "",
-                f"{others} other test modules cannot be imported here (no openenv, Chromium, ...); "
-                "none of them holds a gpu test (device_check.json lists them).",
+                f"{len(others)} other test modules cannot be imported here (missing: {', '.join(missing)}); "
+                "none of them holds a gpu test.",
             ]
     if result["skipped"]:
         lines += ["", "Skipped (time budget): " + ", ".join(result["skipped"])]
