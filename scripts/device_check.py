@@ -500,6 +500,8 @@ def grpo_steps(
     timer = step_timer(ctx.device)
     started = time.perf_counter()
     with fresh_memory(ctx.device):
+        if ctx.device.type == "cuda":  # what earlier configurations left allocated (should be ~0)
+            row["start_gpu_gib"] = torch.cuda.memory_allocated(ctx.device) / 2**30
         try:
             model = build_model(model_name, ctx.tokenizer, ctx.device, ctx.dtype(model_name))
             args = grpo_args(ctx, workload, tuning, warmup + steps)
