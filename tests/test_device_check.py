@@ -1,7 +1,7 @@
 """scripts/device_check.py, the GPU check's driver: its reduced form runs here on CPU (so it cannot rot
-between GPU checks), its fixture is a valid rollout, its settings are what Hydra composes for infra=gpu, its
-models are LFM2-350M's architecture and the tests' tiny LFM2. On CUDA (`pytest -m gpu`) the reduced form runs
-in bf16.
+between GPU checks), its fixture is a valid rollout, its configurations are the GPU recipe's as Hydra
+composes it, its models are LFM2-350M's architecture and the tests' tiny LFM2. On CUDA (`pytest -m gpu`) the
+reduced form runs in bf16.
 
 Module-level imports stay to what a GPU check machine has (it collects this file for `pytest -m gpu`).
 """
@@ -57,8 +57,8 @@ def check_reduced_result(result: dict, episodes_per_step: list[int]) -> None:
         assert row["repeats_consecutive"]  # a group's num_generations prompts arrive one after another
         assert row["grad_norm"] > 0 and row["step_s_median"] > 0
         assert 0 < row["model_tokens_per_step"] < row["tokens_per_step"] <= row["padded_tokens_per_step"]
-    assert grpo[0]["params_trainable"] < grpo[0]["params_total"]  # LoRA
-    assert grpo[1]["params_trainable"] == grpo[1]["params_total"]  # full
+    assert grpo[0]["params/trainable"] < grpo[0]["params/total"]  # LoRA
+    assert grpo[1]["params/trainable"] == grpo[1]["params/total"]  # full
     assert grpo[1]["model_tokens_per_step"] < grpo[1]["tokens_per_step"] - 2 * 150  # env tokens are masked
     assert all(r["new_tokens"] > 0 and r["new_tokens_per_s"] > 0 for r in result["generation"])
     agreement = result["agreement"]
@@ -76,7 +76,7 @@ def test_reduced_check_on_cpu(tmp_path: Path) -> None:
     _, result = run_reduced(tmp_path, "--device", "cpu", "--tokenizer", str(prepare_packaged_model()))
     check_reduced_result(result, [4, 2])
     assert all(r["precision"] == "fp32" and r["max_abs_diff"] < 1e-4 for r in result["agreement"])
-    assert result["grpo"][0]["peak_gpu_gib"] is None
+    assert not result["grpo"][0].get("peak_gpu_mb") and result["grpo"][0]["peak_rss_mb"] > 0
 
 
 @pytest.mark.gpu
@@ -87,13 +87,13 @@ def test_reduced_check_on_cuda(tmp_path: Path) -> None:
     _, result = run_reduced(tmp_path, "--device", "cuda")
     check_reduced_result(result, [4, 2])
     assert all(r["precision"].startswith("bf16") for r in result["agreement"])
-    assert all(r["peak_gpu_gib"] > 0 for r in result["grpo"])
+    assert all(r["peak_gpu_mb"] > 0 for r in result["grpo"])
 
 
 def test_fixture_is_a_recorded_rollout(dc: ModuleType) -> None:
     """8 click-button and 4 book-flight oracle episodes as the rollout contract makes them: one sequence each,
     every model turn closed by end-of-turn, env observations masked, ids within SmolLM2's vocabulary."""
-    fixture = dc.load_episodes()
+    fixture = json.loads(dc.FIXTURE.read_text())
     assert DRIVER.exists() and dc.FIXTURE.stat().st_size < 1_000_000
     assert [len(dc.by_task(fixture, t)) for t in ("click-button", "book-flight")] == [8, 4]
     eot, vocab = fixture["eot_id"], fixture["vocab_size"]
@@ -114,47 +114,54 @@ def test_fixture_is_a_recorded_rollout(dc: ModuleType) -> None:
         assert sum(from_model for from_model, _, _ in dc.segments(short["env_mask"])) == 2
 
 
-def test_settings_follow_the_composed_configs(dc: ModuleType, compose_cfg) -> None:
-    """What the driver reads from conf/ and experiments/ is what Hydra composes for the GPU recipe."""
-    settings = dc.recipe_settings()
-    lora = compose_cfg("infra=gpu", "model=lfm2-350m", "tuning=lora")
-    t = lora.trainer
-    assert settings["batch"]["infra=gpu"] == (t.per_device_train_batch_size, t.gradient_accumulation_steps)
-    assert settings["num_generations"] == t.num_generations
-    assert settings["lora"] == dict(lora.lora)
-    assert settings["learning_rate"]["lora"] == t.learning_rate
-    assert {k: t[k] for k in settings["trainer"]} == settings["trainer"]
-    assert settings["dtype"]["lfm2-350m"] == lora.model.dtype
-    full = compose_cfg("infra=gpu", "model=tiny-lfm2", "tuning=full")
-    assert settings["learning_rate"]["full"] == full.trainer.learning_rate
-    assert settings["dtype"]["tiny-lfm2"] == full.model.dtype
-    flight = compose_cfg("infra=gpu", "model=lfm2-350m", "+experiment=book_flight").trainer
-    assert settings["batch"]["experiment=book_flight"] == (
-        flight.per_device_train_batch_size,
-        flight.gradient_accumulation_steps,
-    )
-    assert settings["max_completion_length"] == flight.max_completion_length
-    assert flight.num_generations == settings["num_generations"]
-    plan = dc.make_plan(settings, reduced=False)
-    assert {w.episodes_per_step for _, _, w in plan.grpo} == {32}  # every GPU configuration: 32 episodes
-    assert plan.grpo[-1][2].probe and not any(w.probe for _, _, w in plan.grpo[:-1])
+def test_full_plan_is_the_gpu_recipe(dc: ModuleType) -> None:
+    """The full check's GRPO configurations are `train.py infra=gpu`'s with only a model, a tuning and a task
+    (every one 32 episodes per optimizer step in groups of 8), then the probe: book-flight in one batch."""
+    plan = dc.make_plan(reduced=False)
+    *recipe, probe = plan.grpo
+    assert probe.probe and not any(run.probe for run in recipe)
+    assert all(o in ("task=click-button", "+experiment=book_flight") for run in recipe for o in run.overrides)
+    for run in plan.grpo:
+        cfg = dc.composed(f"model={run.model}", f"tuning={run.tuning}", *run.overrides)
+        t = cfg.trainer
+        assert t.per_device_train_batch_size * t.gradient_accumulation_steps == 32 and t.num_generations == 8
+        assert cfg.task.name == run.workload.split()[0] and cfg.infra.precision == "bf16"
+    assert dc.composed(*probe.overrides).trainer.gradient_accumulation_steps == 1
+
+
+def test_grpo_args_are_the_composed_trainer(dc: ModuleType, tmp_path: Path) -> None:
+    """GRPOConfig gets the composed trainer section, changed only where the check must (no vLLM, its own step
+    count, no checkpoints or loggers); precision from infra.precision (fp32 in the CPU form)."""
+    from omegaconf import OmegaConf
+
+    cfg = dc.composed("model=tiny-lfm2", "tuning=lora", "+experiment=book_flight", cpu=True)
+    args = dc.grpo_args(cfg, tmp_path, max_steps=3)
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    changed = {k for k, v in trainer.items() if getattr(args, k) != v}
+    assert changed == {"use_vllm", "max_steps", "save_strategy"}
+    assert not args.use_vllm and args.max_steps == 3 and args.report_to == []
+    assert args.use_cpu and not args.bf16 and not args.gradient_checkpointing
 
 
 def test_models_are_lfm2_350m_and_the_tiny_lfm2(dc: ModuleType, tmp_path: Path) -> None:
-    """LFM2-350M's config builds its published parameter count; the tiny one is build_tiny_model's."""
+    """LFM2-350M's config builds its published parameter count; model=tiny-lfm2 is the tests' tiny model
+    (build_tiny_model), weight for weight."""
     from transformers import AutoModelForCausalLM
 
     from browserrl.modeling import build_tiny_model, load_tokenizer, prepare_packaged_model
 
     tokenizer = load_tokenizer(str(prepare_packaged_model()))
-    with torch.device("meta"):
-        big = AutoModelForCausalLM.from_config(dc.model_config("lfm2-350m", tokenizer))
+    big = dc.build_model(dc.composed("model=lfm2-350m").model, tokenizer, torch.device("meta"))
     assert sum(p.numel() for p in big.parameters()) == dc.LFM2_350M_PARAMETERS
     assert big.config.intermediate_size == 6656 and big.model.layers[0].feed_forward.w1.out_features == 4608
-    reference = json.loads((build_tiny_model(tmp_path / "tiny") / "config.json").read_text())
-    ours = dc.model_config("tiny-lfm2", tokenizer).to_dict()
-    keys = [*dc.TINY_LFM2, "vocab_size", "bos_token_id", "eos_token_id", "pad_token_id"]
-    assert {k: ours[k] for k in keys} == {k: reference[k] for k in keys}
+    tiny = dc.build_model(dc.composed("model=tiny-lfm2", cpu=True).model, tokenizer, torch.device("cpu"))
+    reference = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path / "tiny"))
+    saved = {"architectures", "_name_or_path", "dtype"}  # what saving and loading add
+    assert {k: v for k, v in tiny.config.to_dict().items() if k not in saved} == {
+        k: v for k, v in reference.config.to_dict().items() if k not in saved
+    }
+    weights, expected = tiny.state_dict(), reference.state_dict()
+    assert weights.keys() == expected.keys() and all(torch.equal(weights[k], expected[k]) for k in weights)
 
 
 def test_gpu_test_report_reads_junit(dc: ModuleType) -> None:
@@ -180,6 +187,14 @@ def test_gpu_test_report_reads_junit(dc: ModuleType) -> None:
         "not collected (no gpu tests)",
     ]
     assert rows[1]["reason"] == "needs CUDA" and "openenv" in rows[2]["reason"]
+    empty = {"grpo": [], "generation": [], "agreement": [], "skipped": [], "complete": True, "wall_s": 1.0}
+    report = dc.markdown(
+        empty
+        | {"mode": "full", "environment": {"device": "cuda", "gpu": "H100", "versions": {}}}
+        | {"gpu_tests": {"command": "python -m pytest -m gpu", "tests": rows}}
+    )
+    assert "| tests.test_gpu | not collected (holds gpu tests) |" in report
+    assert "1 other test modules cannot be imported here (missing: openenv)" in report
 
 
 def test_bf16_tolerance_grows_with_the_logits(dc: ModuleType) -> None:
