@@ -129,8 +129,7 @@ def env_pool(cfg: DictConfig, **reset_options: Any) -> Iterator[EnvPool]:
                     max_sessions=cfg.env.sessions + 2,  # headroom: a dropped session may linger a while
                     idle_timeout_s=cfg.env.idle_timeout_s,
                     start_timeout_s=cfg.env.start_timeout_s,
-                    max_steps=cfg.task.max_steps,  # the server truncates where the rollout stops
-                )
+                )  # each episode's cap goes with its reset (the server truncates where the rollout stops)
             )
 
             def url() -> str:

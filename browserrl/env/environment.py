@@ -47,6 +47,7 @@ from playwright.sync_api import Error as PlaywrightError
 from browserrl.env.actions import ACTION_FUNCTIONS, DEFAULT_ALLOWED, MAX_ACTION_LEN, ActionError, parse_action
 from browserrl.env.launcher import EnvSetupError, find_chromium, miniwob_base_url
 from browserrl.env.models import (
+    MAX_EPISODE_STEPS,
     MAX_OBSERVATION_DELAY,
     BrowserGymAction,
     BrowserGymObservation,
@@ -179,16 +180,20 @@ class MiniWoBEnvironment(Environment[BrowserGymAction, BrowserGymObservation, Br
         task_name: str | None = None,
         screenshot: bool | None = None,
         observation_delay: float | None = None,
+        max_steps: int | None = None,
         **_: Any,
     ) -> BrowserGymObservation:
         """Start an episode: ``task_name`` switches the session's task, the same seed gives the same page.
 
-        ``screenshot`` and ``observation_delay`` (seconds between an action and the observation, for pages
-        whose widgets answer late, like book-flight's autocomplete) hold for this episode only.
+        ``screenshot``, ``observation_delay`` (seconds between an action and the observation, for pages
+        whose widgets answer late, like book-flight's autocomplete) and ``max_steps`` (the episode's cap,
+        when tasks of one run need different ones) hold for this episode only.
         """
         if observation_delay is not None and not 0 <= observation_delay <= MAX_OBSERVATION_DELAY:
             raise ValueError(f"observation_delay: {observation_delay} is not in [0, {MAX_OBSERVATION_DELAY}]")
-        return self._run(self._reset, seed, episode_id, task_name, screenshot, observation_delay)
+        if max_steps is not None and not (isinstance(max_steps, int) and 1 <= max_steps <= MAX_EPISODE_STEPS):
+            raise ValueError(f"max_steps: {max_steps!r} is not an integer in [1, {MAX_EPISODE_STEPS}]")
+        return self._run(self._reset, seed, episode_id, task_name, screenshot, observation_delay, max_steps)
 
     def step(
         self, action: BrowserGymAction, timeout_s: float | None = None, **_: Any
@@ -296,6 +301,7 @@ class MiniWoBEnvironment(Environment[BrowserGymAction, BrowserGymObservation, Br
         task_name: str | None,
         screenshot: bool | None,
         observation_delay: float | None,
+        max_steps: int | None,
     ) -> BrowserGymObservation:
         t0 = time.perf_counter()
         name = canonical_task(task_name or self._state.task_name)
@@ -314,7 +320,7 @@ class MiniWoBEnvironment(Environment[BrowserGymAction, BrowserGymObservation, Br
             task_name=name,
             goal=str(goal),
             current_url=page.url,
-            max_steps=self.config.max_steps,
+            max_steps=max_steps or self.config.max_steps,
             seed=seed,
         )
         t1 = time.perf_counter()

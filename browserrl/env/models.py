@@ -14,6 +14,8 @@ from pydantic import Field, SerializationInfo, SerializerFunctionWrapHandler, mo
 
 #: Upper bound of the per-episode ``observation_delay`` a client may ask for at reset, in seconds.
 MAX_OBSERVATION_DELAY = 2.0
+#: Upper bound of the per-episode ``max_steps`` a client may ask for at reset.
+MAX_EPISODE_STEPS = 100
 
 
 class BrowserGymAction(Action):

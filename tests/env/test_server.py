@@ -136,6 +136,30 @@ def test_observation_delay_per_episode(server: LocalEnvServer) -> None:
     run(go())
 
 
+def test_max_steps_per_episode(server: LocalEnvServer) -> None:
+    """A suite's tasks need different caps: each reset may set its own (the server's, 5 here, otherwise)."""
+
+    async def steps_until_truncated(**reset: int) -> int:
+        async with BrowserGymEnv(base_url=server.url) as env:
+            await env.reset(seed=1, task_name="click-test", **reset)
+            for step in range(1, 20):
+                result = await env.step(BrowserGymAction(action_str="noop(0)"))
+                if result.done:
+                    assert result.observation.metadata["truncated"]
+                    return step
+        raise AssertionError("never truncated")
+
+    async def go() -> None:
+        assert await steps_until_truncated(max_steps=2) == 2
+        assert await steps_until_truncated(max_steps=8) == 8
+        assert await steps_until_truncated() == 5
+        async with BrowserGymEnv(base_url=server.url) as env:
+            with pytest.raises(EnvServerRefused, match="max_steps"):
+                await env.reset(seed=1, max_steps=0)
+
+    run(go())
+
+
 def test_over_capacity_is_refused_clearly(server: LocalEnvServer) -> None:
     async def go() -> None:
         clients = [BrowserGymEnv(base_url=server.url) for _ in range(4)]
