@@ -30,13 +30,11 @@ class ConfigError(ValueError):
 
 
 def task_config(cfg: DictConfig, name: str) -> DictConfig:
-    """One task's settings: its entry in `tasks` (a suite's tasks with a conf/task file), else `task`'s
-    settings under that name."""
-    if name in cfg.get("tasks", {}):
-        return cfg.tasks[name]
-    if name == cfg.task.name:
+    """One task's settings: `task`'s, with the task's own entry in `tasks` on top (a suite's episode caps,
+    a conf/task file pulled in by a suite's defaults list), under that task's name."""
+    if name == cfg.task.name and name not in cfg.get("tasks", {}):
         return cfg.task
-    return OmegaConf.merge(cfg.task, {"name": name})
+    return OmegaConf.merge(cfg.task, cfg.get("tasks", {}).get(name, {}), {"name": name})
 
 
 def task_configs(cfg: DictConfig, names: list[str] | None = None) -> dict[str, DictConfig]:
@@ -83,9 +81,9 @@ def check_tasks(cfg: DictConfig) -> None:
         except ValueError as exc:
             raise ConfigError("suite.tasks", str(exc)) from exc
     for name, task in cfg.get("tasks", {}).items():
-        check_task(f"tasks.{name}", task)
-        if task.name != name:
+        if task.get("name", name) != name:
             raise ConfigError(f"tasks.{name}.name", f"must be {name!r} (the key), got {task.name!r}")
+        check_task(f"tasks.{name}", task_config(cfg, name))
 
 
 @functools.cache

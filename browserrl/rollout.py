@@ -35,6 +35,9 @@ from browserrl.generation import Generator, Turn
 from browserrl.pool import EnvFailure, EnvPool
 from browserrl.prompts import initial_messages, observation_text
 
+#: MiniWoB's raw score of a fully solved page (1.0; float tolerance for the partial-credit tasks' sums).
+FULL_SCORE = 1.0 - 1e-6
+
 
 @dataclass
 class Episode:
@@ -183,7 +186,8 @@ class RolloutEngine:
 
     def _play_chunk(self, instances: Sequence[tuple[str, int]], greedy: bool, batch: RolloutBatch) -> None:
         episodes = [Episode(task, seed, max_steps=self.tasks[task].max_steps) for task, seed in instances]
-        options = [{"observation_delay": self.tasks[e.task].observation_delay} for e in episodes]
+        delays = [self.tasks[e.task].observation_delay for e in episodes]
+        options = [{"observation_delay": d, "max_steps": e.max_steps} for d, e in zip(delays, episodes)]
         t0 = time.perf_counter()
         results = self.pool.reset(
             range(len(episodes)), [e.task for e in episodes], [e.seed for e in episodes], options
@@ -239,7 +243,13 @@ class RolloutEngine:
             return
         obs = episode.observation = result.observation
         episode.raw_reward = float(obs.metadata.get("raw_reward", result.reward or 0.0))
-        episode.success = (result.reward or 0.0) > 0
+        # Solved = MiniWoB's full score. BrowserGym's reward is 1 for any positive score, and the checkbox
+        # tasks score (right - wrong) / boxes: half-right answers would count. A server that sends no raw
+        # score (OpenEnv's) is taken at its reward.
+        if "raw_reward" in obs.metadata:
+            episode.success = episode.raw_reward >= FULL_SCORE
+        else:
+            episode.success = (result.reward or 0.0) > 0
         episode.done = bool(result.done)
         episode.truncated = bool(obs.metadata.get("truncated"))  # the server's max_steps may end it first
         episode.trace.append(

@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import platform
-import re
 import statistics
 import sys
 import time
@@ -26,65 +25,30 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from browserrl import oracle  # noqa: E402
 from browserrl.env import BrowserGymAction, BrowserGymEnv, BrowserGymObservation, LocalEnvServer  # noqa: E402
-
-
-def find_bid(axtree: str, role: str, name: str | None = None) -> str:
-    """Bid of the first ``[bid] role 'name'`` line of an AX tree (any name when ``name`` is None)."""
-    label = re.escape(name) if name is not None else "[^']*"
-    match = re.search(rf"\[(\w+)\] {role} '{label}'", axtree)
-    if match is None:
-        raise LookupError(f"no {role} {name!r} in the AX tree")
-    return match.group(1)
-
-
-def _quoted(goal: str) -> str:
-    match = re.search(r'"([^"]*)"', goal)
-    return match.group(1) if match else ""
-
-
-# Scripted policies: observation -> next action. They solve the task ("oracle") or fail it on purpose.
-def _click_test(obs: BrowserGymObservation) -> str:
-    return f"click('{find_bid(obs.axtree_txt, 'button', 'Click Me!')}')"
-
-
-def _click_button(obs: BrowserGymObservation) -> str:
-    return f"click('{find_bid(obs.axtree_txt, 'button', _quoted(obs.goal))}')"
+from browserrl.prompts import parse_axtree  # noqa: E402
 
 
 def _click_button_wrong(obs: BrowserGymObservation) -> str:
-    wanted = _quoted(obs.goal)
-    others = [b for b, n in re.findall(r"\[(\w+)\] button '([^']*)'", obs.axtree_txt) if n != wanted]
-    return f"click('{others[0]}')" if others else _click_button(obs)
-
-
-def _enter_text(obs: BrowserGymObservation) -> str:
-    if obs.metadata.get("step", 0) == 0:
-        return f"fill('{find_bid(obs.axtree_txt, 'textbox')}', {_quoted(obs.goal)!r})"
-    return f"click('{find_bid(obs.axtree_txt, 'button', 'Submit')}')"
-
-
-def _focus_text(obs: BrowserGymObservation) -> str:
-    return f"click('{find_bid(obs.axtree_txt, 'textbox')}')"
-
-
-def _click_dialog(obs: BrowserGymObservation) -> str:
-    return f"click('{find_bid(obs.axtree_txt, 'button', 'Close')}')"
+    """A button other than the one the oracle clicks: fails click-button on purpose."""
+    right = oracle.act(obs)
+    others = [f"click({n.bid!r})" for n in parse_axtree(obs.axtree_txt) if n.role == "button" and n.bid]
+    return next((a for a in others if a != right), right)
 
 
 def _click_collapsible(obs: BrowserGymObservation) -> str:
-    if obs.metadata.get("step", 0) == 0:
-        return f"click('{find_bid(obs.axtree_txt, 'tab', None)}')"
-    return f"click('{find_bid(obs.axtree_txt, 'button', 'Submit')}')"
+    """Expand the section, then Submit. No oracle can do it: the AX tree does not show the section's
+    state (expanded=False before and after), so this script counts steps instead."""
+    role = "tab" if obs.metadata.get("step", 0) == 0 else "button"
+    return next(f"click({n.bid!r})" for n in parse_axtree(obs.axtree_txt) if n.role == role and n.bid)
 
 
-SCRIPTS: dict[str, tuple[str, Callable[[BrowserGymObservation], str]]] = {
-    "click-test": ("click-test", _click_test),
-    "click-button": ("click-button", _click_button),
+# Scripted policies: observation -> next action; they solve the task (browserrl.oracle) or fail on purpose.
+SOLVED = ("click-test", "click-button", "enter-text", "focus-text", "click-dialog")
+SCRIPTS: dict[str, tuple[str, Callable[[BrowserGymObservation], str | None]]] = {
+    **{task: (task, oracle.act) for task in SOLVED},
     "click-button-wrong": ("click-button", _click_button_wrong),
-    "enter-text": ("enter-text", _enter_text),
-    "focus-text": ("focus-text", _focus_text),
-    "click-dialog": ("click-dialog", _click_dialog),
     "click-collapsible": ("click-collapsible", _click_collapsible),
 }
 
@@ -97,7 +61,7 @@ async def play(env: BrowserGymEnv, script: str, seed: int, max_steps: int = 4) -
     reset_s, step_s = time.perf_counter() - t0, []
     while not result.done and len(step_s) < max_steps:
         t0 = time.perf_counter()
-        result = await env.step(BrowserGymAction(action_str=policy(result.observation)))
+        result = await env.step(BrowserGymAction(action_str=policy(result.observation) or "noop()"))
         step_s.append(time.perf_counter() - t0)
     meta = result.observation.metadata
     return {

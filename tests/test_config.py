@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from browserrl.config import ConfigError, grpo_config, validate
+from browserrl.config import ConfigError, grpo_config, task_configs, validate
 from browserrl.env.tasks import canonical_task
+from browserrl.oracle import ORACLES
 
 ROOT = Path(__file__).resolve().parents[1]
-GROUPS = ["task", "tuning", "model", "infra", "env", "logger", "sft"]
+GROUPS = ["task", "suite", "tuning", "model", "infra", "env", "logger", "sft"]
 
 
 def options(group: str) -> list[str]:
@@ -32,6 +33,40 @@ def test_every_group_option_composes(compose_cfg, group, option):
 def test_every_task_passes_validation(compose_cfg, task):
     """Composing is not enough: validate() reads every task key the run will read."""
     validate(compose_cfg(f"task={task}", *(["task.name=click-dialog"] if task == "miniwob" else [])))
+
+
+@pytest.mark.parametrize("suite", options("suite"))
+def test_every_suite_validates_with_each_task_s_own_settings(compose_cfg, suite):
+    """Every suite task is a MiniWoB++ task with sane settings; a task with its own conf/task file (an
+    observation delay, a longer cap: book-flight) plays with that file's settings, not the defaults."""
+    cfg = compose_cfg(f"suite={suite}")
+    validate(cfg)
+    tasks = task_configs(cfg)
+    assert list(tasks) == list(cfg.suite.tasks) and len(set(tasks)) == len(tasks)
+    defaults = compose_cfg("task=click-test").task
+    for name, settings in tasks.items():
+        assert settings.name == name
+        if (ROOT / "conf" / "task" / f"{name}.yaml").exists():
+            own = compose_cfg(f"task={name}").task
+            for key in ("max_steps", "observation_delay", "max_action_tokens", "prompt"):
+                if own[key] != defaults[key]:  # what the task's file sets apart from the defaults
+                    assert settings[key] == own[key], (name, key)
+
+
+def test_cpu_suite_reads_pages_in_several_steps(compose_cfg):
+    """The issue's bar for the cpu suite: at least 8 tasks, 3 of them needing two or more actions, none
+    shared with the held-out list; webgum56 is AgentLab's 56 tasks."""
+    cpu = compose_cfg("suite=cpu").suite.tasks
+    multi = {"click-option", "click-checkboxes", "choose-list", "enter-text", "login-user", "enter-password"}
+    assert len(cpu) >= 8 and len(multi & set(cpu)) >= 3
+    assert not set(cpu) & set(compose_cfg("suite=heldout").suite.tasks)
+    assert len(set(compose_cfg("suite=webgum56").suite.tasks)) == 56
+    assert set(cpu) | set(compose_cfg("suite=heldout").suite.tasks) <= set(ORACLES)  # an upper bound each
+
+
+def test_debug_preset_composes_with_experiments(compose_cfg):
+    cfg = compose_cfg("+experiment=cpu_suite", "+debug=tiny")
+    assert cfg.model.name == "tiny-lfm2" and cfg.task.max_steps == 2 and cfg.suite.name == "cpu"
 
 
 def test_tuning_lora_fields(compose_cfg):
