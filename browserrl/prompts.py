@@ -127,28 +127,57 @@ def truncate_axtree(axtree: str, max_chars: int) -> str:
     return "\n".join(kept) + "\n[... page truncated]"
 
 
-def observation_text(obs: Any, task: DictConfig) -> str:
-    """One user turn: the goal, the page, and the previous action's error if there was one."""
-    page = clean_axtree(obs.axtree_txt or "")
+def bid_after_name(axtree: str) -> str:
+    """`[22] button 'previous', focused` -> `button 'previous' [22], focused`: the element's id right after
+    its name, so that a model which has found the name copies the id that follows it (what small models
+    do well), instead of the id written before it."""
+    lines = []
+    for line in axtree.splitlines():
+        node = parse_line(line)
+        if node is None or not node.bid:
+            lines.append(line)
+        else:
+            lines.append("\t" * node.depth + f"{node.role} {node.name!r} [{node.bid}]{node.rest}")
+    return "\n".join(lines)
+
+
+def render_page(axtree: str, task: DictConfig) -> str:
+    """The page as the prompt shows it: cleaned, compacted for long pages, ids after names if asked."""
+    page = clean_axtree(axtree)
     if task.prompt.get("compact"):  # absent from configs of runs older than the option
         page = compact_axtree(page)
-    parts = [f"Goal: {obs.goal}", "Page:\n" + truncate_axtree(page, task.prompt.max_axtree_chars)]
+    if task.prompt.get("bid_after_name"):
+        page = bid_after_name(page)
+    return truncate_axtree(page, task.prompt.max_axtree_chars)
+
+
+def target_turn(action: str, axtree: str, task: DictConfig) -> str:
+    """The assistant turn as the prompt teaches it: with `prompt.name_target`, the element the action acts
+    on (its line, as `bid_after_name` shows it) before the action: `button 'previous' [22] -> click('22')`.
+    The env reads the action (the first call in the turn); the model gets to find the element first."""
+    if not task.prompt.get("name_target"):
+        return action
+    bid = re.match(r"\w+\(\s*['\"]([^'\"]+)['\"]", action)
+    node = next((n for n in parse_axtree(axtree) if bid and n.bid == bid[1]), None)
+    return f"{node.role} {node.name!r} [{node.bid}] -> {action}" if node else action
+
+
+def observation_text(obs: Any, task: DictConfig) -> str:
+    """One user turn: the goal, the page, and the previous action's error if there was one."""
+    parts = [f"Goal: {obs.goal}", "Page:\n" + render_page(obs.axtree_txt or "", task)]
     if obs.last_action_error and obs.error:
         parts.append(f"Your last action failed: {obs.error[: task.prompt.max_error_chars]}")
     return "\n\n".join(parts)
-
-
-def example_user_text() -> str:
-    return f"Goal: {EXAMPLE_GOAL}\n\nPage:\n{EXAMPLE_PAGE}"
 
 
 def initial_messages(obs: Any, task: DictConfig) -> list[dict[str, str]]:
     """System prompt, worked example (if enabled), first observation."""
     messages = [{"role": "system", "content": task.prompt.system or DEFAULT_SYSTEM_PROMPT}]
     if task.prompt.worked_example:
+        page = bid_after_name(EXAMPLE_PAGE) if task.prompt.get("bid_after_name") else EXAMPLE_PAGE
         messages += [
-            {"role": "user", "content": example_user_text()},
-            {"role": "assistant", "content": EXAMPLE_ACTION},
+            {"role": "user", "content": f"Goal: {EXAMPLE_GOAL}\n\nPage:\n{page}"},
+            {"role": "assistant", "content": target_turn(EXAMPLE_ACTION, EXAMPLE_PAGE, task)},
         ]
     messages.append({"role": "user", "content": observation_text(obs, task)})
     return messages

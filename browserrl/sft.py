@@ -27,6 +27,7 @@ from browserrl import oracle
 from browserrl.config import task_configs
 from browserrl.modeling import load_policy, lora_config
 from browserrl.pool import EnvPool
+from browserrl.prompts import target_turn
 from browserrl.rollout import ChatFormat, Episode, RolloutEngine, scripted_policy
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,12 @@ def oracle_engine(
     pool: EnvPool, chat: ChatFormat, tasks: dict[str, DictConfig], max_tokens: int | None
 ) -> RolloutEngine:
     """The rollout engine with the scripted oracle playing the turns."""
-    return RolloutEngine(scripted_policy(oracle.act, chat), pool, chat, tasks, max_tokens)
+
+    def act(obs: Any) -> str | None:  # the turn as the task's prompt teaches it (prompts.target_turn)
+        action = oracle.act(obs)
+        return action and target_turn(action, obs.axtree_txt or "", tasks[obs.metadata["task_name"]])
+
+    return RolloutEngine(scripted_policy(act, chat), pool, chat, tasks, max_tokens)
 
 
 def collect_demonstrations(engine: RolloutEngine, instances: Sequence[tuple[str, int]]) -> list[Episode]:
