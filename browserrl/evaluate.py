@@ -254,6 +254,7 @@ def evaluate_suite(
     checkpoint: str | Path | None = None,
     samples: int = 1,
     with_baselines: bool = True,
+    with_models: bool = True,
     screenshots: bool = False,
     gif: bool = False,
 ) -> list[dict[str, Any]]:
@@ -283,17 +284,21 @@ def evaluate_suite(
         policy = model_policy(generator(base))
         engine = RolloutEngine(policy, recorder or pool, chat, task_configs(cfg), t.max_completion_length)
         suite = SuiteEvaluation(cfg, engine, out_dir, recorder, gif)
-        suite.model("base", generator(base), samples, cache=True)
-        if checkpoint is not None:
+        if with_models:
+            suite.model("base", generator(base), samples, cache=True)
+        if with_models and checkpoint is not None:
             trained, _, _ = load_checkpoint(checkpoint)
             suite.model("trained", generator(trained), samples, cache=False)
         if with_baselines:
             suite.baselines(chat)
     rows, seeds = suite.rows, suite.seeds
     (out_dir / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
-    what = (
-        f"{checkpoint} (trained) and its base model" if checkpoint else f"the base model ({cfg.model.name})"
-    )
+    if not with_models:
+        what = "the baselines"
+    elif checkpoint:
+        what = f"{checkpoint} (trained) and its base model"
+    else:
+        what = f"the base model ({cfg.model.name}) and the baselines"
     (out_dir / "success_table.md").write_text(
         f"Held-out evaluation of {what} on {len(suite.tasks)} tasks, seeds {seeds[0]}..{seeds[-1]}: success "
         f"rate, greedy and sampled ({samples} per seed, temperature {t.temperature}). A task whose best "

@@ -62,9 +62,11 @@ def log_episodes(
     generate_s: list[float],
     env_s: list[float],
     generated_tokens: list[int],
+    rewards: list[float] | None = None,
     **fields: list[Any],
 ) -> list[None]:
-    """A reward function that scores nothing and logs the batch's episode metrics.
+    """A reward function that scores nothing and logs the batch's episode metrics (and, given each
+    episode's total reward, the mean reward per task: `TASK/reward`).
 
     It returns None for every episode, which TRL leaves out of the reward. Each sample goes to TRL's
     `log_metric`, which averages everything logged under a name over all processes at the next log line,
@@ -75,6 +77,8 @@ def log_episodes(
     for key, values in metric_samples(episodes).items():
         for value in values:
             log_metric(key, value)
+    for task, reward in zip(fields["task"], rewards or []):
+        log_metric(f"{task}/reward", reward)
     log_metric("time/generate_s", generate_s[0])  # the rollout's totals, the same on every row
     log_metric("time/env_s", env_s[0])
     log_metric("tokens/generated", generated_tokens[0])

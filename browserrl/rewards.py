@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from browserrl.metrics import log_episodes
+from browserrl import metrics
 
 RewardFunc = Callable[..., list[float]]
 
@@ -45,12 +45,18 @@ REWARDS: dict[str, RewardFunc] = {"success": success, "format": action_format, "
 
 def select(weights: dict[str, float]) -> tuple[list[RewardFunc], list[float]]:
     """Reward functions and weights for the names with a non-zero weight in `cfg.rewards`, then the metric
-    logger at weight 0."""
+    logger at weight 0 (it also logs each task's mean total reward, from the same functions and weights)."""
     unknown = set(weights) - set(REWARDS)
     if unknown:
         raise ValueError(f"rewards: unknown {sorted(unknown)}; known: {sorted(REWARDS)}")
     chosen = [(REWARDS[name], float(w)) for name, w in weights.items() if w]
     if not chosen:
         raise ValueError("rewards: every weight is 0; give at least one reward a weight")
+
+    def log_episodes(prompts: list[Any], completions: list[Any], **fields: Any) -> list[None]:
+        scores = [func(prompts, completions, **fields) for func, _ in chosen]
+        totals = [sum(w * s[i] for (_, w), s in zip(chosen, scores)) for i in range(len(prompts))]
+        return metrics.log_episodes(prompts, completions, rewards=totals, **fields)
+
     funcs, ws = zip(*chosen, (log_episodes, 0.0))
     return list(funcs), list(ws)

@@ -48,6 +48,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, help="output folder")
     p.add_argument("--samples", type=int, default=1, help="sampled episodes per held-out seed")
     p.add_argument("--no-baselines", action="store_true", help="skip the oracle, random and constant rows")
+    p.add_argument("--baselines-only", action="store_true", help="only the oracle, random and constant rows")
     p.add_argument("--screenshots", action="store_true", help="a PNG screenshot per step of every episode")
     p.add_argument("--gif", action="store_true", help="a GIF per episode (implies --screenshots)")
     args = p.parse_intermixed_args()  # options may come between the checkpoint and the overrides
@@ -82,6 +83,7 @@ def main() -> None:
         args.checkpoint,
         samples=args.samples,
         with_baselines=not args.no_baselines,
+        with_models=not args.baselines_only,
         screenshots=args.screenshots,
         gif=args.gif,
     )

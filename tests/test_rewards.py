@@ -45,3 +45,24 @@ def test_log_episodes_logs_exact_means_and_scores_nothing():
     assert logged["enter-text/success_rate"] == [1.0] and logged["steps_to_success"] == [1.0, 2.0]
     assert sum(logged["invalid_action_rate"]) / len(logged["invalid_action_rate"]) == 4 / 7
     assert logged["success@1"] == [1.0, 0.0, 0.0] and logged["time/generate_s"] == [2.5]
+
+
+def test_the_selected_logger_logs_each_task_s_total_reward():
+    funcs, _ = rewards.select({"success": 1.0, "efficiency": 0.5})
+    logged: dict[str, list[float]] = {}
+    funcs[-1](
+        prompts=["a", "b"],
+        completions=["", ""],
+        log_metric=lambda name, value: logged.setdefault(name, []).append(value),
+        generate_s=[1.0] * 2,
+        env_s=[1.0] * 2,
+        generated_tokens=[9] * 2,
+        task=["click-button", "enter-text"],
+        success=[True, False],
+        steps=[1, 4],
+        max_steps=[4, 4],
+        invalid_actions=[0, 0],
+        truncated=[False, True],
+        env_error=[False, False],
+    )
+    assert logged["click-button/reward"] == [1.5] and logged["enter-text/reward"] == [0.0]
