@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
-from trl import GRPOConfig
+from trl import GRPOConfig, SFTConfig
 
 from browserrl import rewards
 from browserrl.env.actions import fits_type, resolve_allowed
@@ -87,20 +87,26 @@ def check_tasks(cfg: DictConfig) -> None:
 
 
 @functools.cache
-def _grpo_fields() -> dict[str, Any]:
-    return typing.get_type_hints(GRPOConfig)
+def _fields(config_class: type) -> dict[str, Any]:
+    return typing.get_type_hints(config_class)
+
+
+def check_fields(key: str, values: dict[str, Any], config_class: type) -> None:
+    """Every key of a passed-through library config (trainer.*, sft.trainer.*) is a field of that class, of
+    its type: a typo or a field a TRL release dropped fails here, before any model loads."""
+    fields = _fields(config_class)
+    for name, value in values.items():
+        if name not in fields:
+            raise ConfigError(f"{key}.{name}", f"not a trl.{config_class.__name__} field")
+        if not fits_type(value, fields[name]):
+            expected = str(fields[name]).replace("typing.", "").replace("<class '", "").replace("'>", "")
+            raise ConfigError(f"{key}.{name}", f"must be {expected}, got {value!r}")
 
 
 def grpo_config(cfg: DictConfig, output_dir: str | Path, report_to: list[str]) -> GRPOConfig:
     """`GRPOConfig(**cfg.trainer)`, with the reward weights, after checking every field's name and type."""
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
-    fields = _grpo_fields()
-    for key, value in trainer.items():
-        if key not in fields:
-            raise ConfigError(f"trainer.{key}", "not a trl.GRPOConfig field (add new fields with +trainer.)")
-        if not fits_type(value, fields[key]):
-            expected = str(fields[key]).replace("typing.", "").replace("<class '", "").replace("'>", "")
-            raise ConfigError(f"trainer.{key}", f"must be {expected}, got {value!r}")
+    check_fields("trainer", trainer, GRPOConfig)
     _positive_int("trainer.max_steps", trainer.get("max_steps"))  # training is counted in steps, not epochs
     for key in ("temperature", "learning_rate"):
         if key in trainer and not trainer[key] > 0:
@@ -153,6 +159,7 @@ def check_sft(cfg: DictConfig) -> None:
         oracles = ", ".join(ORACLE_TASKS)
         raise ConfigError("sft.tasks", f"no scripted oracle for {unknown}; there is one for {oracles}")
     _positive_int("sft.episodes_per_task", cfg.sft.episodes_per_task)
+    check_fields("sft.trainer", OmegaConf.to_container(cfg.sft.trainer, resolve=True), SFTConfig)
 
 
 def check_env(cfg: DictConfig) -> None:
