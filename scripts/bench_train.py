@@ -1,0 +1,123 @@
+"""GRPO step time and its split (generate / env / train), and SFT tokens/s, across precision and generation
+settings, in one run on this machine: the numbers of docs/benchmarks.md's CPU speed table.
+
+    python scripts/bench_train.py                       # click-button, 5 GRPO steps per setting, 4 settings
+    python scripts/bench_train.py --steps 3 --settings fp32,bf16+kv --sft-episodes 16 task=click-test
+
+Each setting is a real `train.py` run (browserrl.train.run: local env server, the packaged SmolLM2, LoRA,
+the default CPU batch) with held-out evaluation off, so a step is what training pays for. Settings:
+`fp32` (no autocast, every turn re-encodes the episode: the generator before the prefix cache),
+`fp32+kv`, `bf16` (autocast, re-encoding), `bf16+kv` (the CPU default where bf16 is native). The first
+step of each run warms up and is left out of the medians. SFT: the oracle's demonstrations of the task,
+fp32 vs bf16, tokens per second of SFTTrainer's training loop. Extra arguments are train.py overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+from browserrl.config import validate
+from browserrl.pool import env_pool
+from browserrl.sft import warm_up
+from browserrl.train import run
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = {
+    "fp32": ["infra.precision=fp32", "infra.reuse_kv_cache=false"],
+    "fp32+kv": ["infra.precision=fp32", "infra.reuse_kv_cache=true"],
+    "bf16": ["infra.precision=bf16", "infra.reuse_kv_cache=false"],
+    "bf16+kv": ["infra.precision=bf16", "infra.reuse_kv_cache=true"],
+}
+QUIET = ["eval.before=false", "eval.after=false", "logger=none", "trainer.save_strategy=no"]
+
+
+def config(overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def grpo(setting: str, steps: int, extra: list[str], out: Path) -> dict[str, Any]:
+    """One run of `steps` GRPO steps; medians over the steps after the first."""
+    cfg = config([*SETTINGS[setting], *QUIET, f"trainer.max_steps={steps}", *extra])
+    run(cfg, out / setting)
+    rows = [json.loads(line) for line in (out / setting / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "step_time" in r][1:]
+    keys = {
+        "step_s": "step_time",
+        "generate_s": "time/generate_s",
+        "env_s": "time/env_s",
+        "train_s": "time/train_s",
+    }
+    result = {name: round(statistics.median(r[key] for r in rows), 2) for name, key in keys.items()}
+    tokens = [b["num_tokens"] - a["num_tokens"] for a, b in zip(rows, rows[1:])]
+    if tokens:  # tokens the forward/backward processed per second of training
+        result["train_tokens_per_s"] = round(statistics.median(tokens) / result["train_s"])
+    result["generated_tokens_per_s"] = round(
+        statistics.median(r["tokens/generated"] / r["time/generate_s"] for r in rows)
+    )
+    result["success_rate"] = round(statistics.mean(r["success_rate"] for r in rows), 3)
+    return result
+
+
+def sft(precision: str, episodes: int, extra: list[str], out: Path) -> dict[str, Any]:
+    """The SFT warm-up on `episodes` oracle episodes of the task, one epoch: tokens per second."""
+    cfg = config(
+        [f"infra.precision={precision}", "sft=oracle", f"sft.episodes_per_task={episodes}", *QUIET, *extra]
+    )
+    with open_dict(cfg):
+        cfg.sft.tasks = [cfg.task.name]
+        cfg.sft.trainer.num_train_epochs = 1
+    args = validate(cfg)
+    with env_pool(cfg) as pool:
+        start = time.perf_counter()
+        final = warm_up(cfg, pool, out / f"sft-{precision}", args.max_completion_length)
+        seconds = time.perf_counter() - start
+    stats = json.loads((final.parent / "sft_summary.json").read_text())
+    return {"tokens": stats["tokens"], "train_s": round(stats["train_s"], 1), "wall_s": round(seconds, 1)} | {
+        "tokens_per_s": round(stats["tokens"] / stats["train_s"])
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=5, help="GRPO steps per setting (the first is a warm-up)")
+    p.add_argument(
+        "--settings", default=",".join(SETTINGS), help=f"comma separated, of {', '.join(SETTINGS)}"
+    )
+    p.add_argument(
+        "--sft-episodes", type=int, default=32, help="oracle episodes for the SFT timing (0: skip)"
+    )
+    p.add_argument("--out", type=Path, help="where the runs go (default: a temporary folder)")
+    p.add_argument("overrides", nargs="*", help="train.py overrides (default: task=click-button)")
+    args = p.parse_args()
+    extra = args.overrides or ["task=click-button"]
+    out = args.out or Path(tempfile.mkdtemp(prefix="bench-train-"))
+    report: dict[str, Any] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "overrides": extra,
+        "steps": args.steps,
+    }
+    for setting in args.settings.split(","):
+        report[setting] = grpo(setting, args.steps, extra, out)
+        print(json.dumps({setting: report[setting]}), flush=True)
+    if args.sft_episodes:
+        for precision in ("fp32", "bf16"):
+            report[f"sft-{precision}"] = sft(precision, args.sft_episodes, extra, out)
+            print(json.dumps({f"sft-{precision}": report[f"sft-{precision}"]}), flush=True)
+    print(json.dumps(report, indent=1))
+    (out / "bench_train.json").write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
