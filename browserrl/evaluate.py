@@ -85,12 +85,14 @@ def eval_key(
     }
 
 
-def play_seeded(engine: RolloutEngine, instances: list[tuple[str, int]], greedy: bool) -> list[Episode]:
+def play_seeded(
+    engine: RolloutEngine, instances: list[tuple[str, int]], greedy: bool, progress: str | None = None
+) -> list[Episode]:
     """Episodes sampled with a fixed torch seed (the first instance's): the same noise for every model and
     every run, and the caller's random state left as it was."""
     with torch.random.fork_rng():
         torch.manual_seed(instances[0][1])
-        return engine.play(instances, greedy=greedy).episodes
+        return engine.play(instances, greedy=greedy, progress=progress).episodes
 
 
 def heldout_report(
@@ -105,7 +107,8 @@ def heldout_report(
 
         def compute(decoding: str = decoding) -> dict[str, Any]:
             instances = [(task, s) for task in tasks for s in seeds]
-            return jsonable(episode_metrics(play_seeded(engine, instances, decoding == "greedy")))
+            episodes = play_seeded(engine, instances, decoding == "greedy", f"held-out {prefix}, {decoding}")
+            return jsonable(episode_metrics(episodes))
 
         metrics = cached(eval_key(cfg, prefix, decoding, tasks, seeds, "report"), compute, cache)
         tag = "" if decoding == "sampled" else "greedy_"
@@ -183,7 +186,7 @@ class SuiteEvaluation:
         def compute() -> dict[str, Any]:
             self.engine.policy = policy
             instances = [(t, s) for t in tasks for s in runs]
-            episodes = play_seeded(self.engine, instances, greedy=decoding == "greedy")
+            episodes = play_seeded(self.engine, instances, decoding == "greedy", f"{name}, {decoding}")
             frames = self.recorder.take() if self.recorder else [[] for _ in episodes]
             return {
                 "rows": task_rows(name, decoding, episodes, **extra),

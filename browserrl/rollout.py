@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig
+from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from browserrl.env.actions import DEFAULT_ALLOWED, extract_action, validate_action
@@ -178,10 +179,16 @@ class RolloutEngine:
         self.policy, self.pool, self.chat, self.tasks = policy, pool, chat, tasks
         self.max_completion_tokens = max_completion_tokens
 
-    def play(self, instances: Sequence[tuple[str, int]], greedy: bool = False) -> RolloutBatch:
+    def play(
+        self, instances: Sequence[tuple[str, int]], greedy: bool = False, progress: str | None = None
+    ) -> RolloutBatch:
+        """Every (task, seed) instance as one episode, `pool.size` at a time; `progress`: a bar with that
+        label (evaluations of hundreds of episodes take minutes on CPU)."""
         batch = RolloutBatch([])
-        for start in range(0, len(instances), self.pool.size):
-            self._play_chunk(instances[start : start + self.pool.size], greedy, batch)
+        with tqdm(total=len(instances), desc=progress, unit="episode", disable=progress is None) as bar:
+            for start in range(0, len(instances), self.pool.size):
+                self._play_chunk(instances[start : start + self.pool.size], greedy, batch)
+                bar.update(len(instances[start : start + self.pool.size]))
         return batch
 
     def _play_chunk(self, instances: Sequence[tuple[str, int]], greedy: bool, batch: RolloutBatch) -> None:
