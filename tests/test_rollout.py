@@ -19,8 +19,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 TEMPERATURE = 0.7
 TOLERANCE = 1e-4  # float32, same weights: only kernel/caching round-off may differ
 # bf16 autocast both sides (test_logprobs_match_trainer says why). Measured on this tiny model: mean 4e-4,
-# max 1.4e-3; its logits are small. The packaged SmolLM2's reach ~30 and round ~10x more (not measured:
-# the bounds below hold for the tiny model, and docs/gpu.md's device check scales them by the largest logit).
+# max 1.4e-3; its logits are small. The packaged SmolLM2's are larger, so bf16 rounds them more (not measured:
+# these bounds are the tiny model's; docs/gpu.md's device check scales its bounds by the largest logit).
 BF16_MEAN, BF16_MAX = 0.01, 0.05
 
 
