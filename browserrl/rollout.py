@@ -187,8 +187,9 @@ class RolloutEngine:
         batch = RolloutBatch([])
         with tqdm(total=len(instances), desc=progress, unit="episode", disable=progress is None) as bar:
             for start in range(0, len(instances), self.pool.size):
-                self._play_chunk(instances[start : start + self.pool.size], greedy, batch)
-                bar.update(len(instances[start : start + self.pool.size]))
+                chunk = instances[start : start + self.pool.size]
+                self._play_chunk(chunk, greedy, batch)
+                bar.update(len(chunk))
         return batch
 
     def _play_chunk(self, instances: Sequence[tuple[str, int]], greedy: bool, batch: RolloutBatch) -> None:
