@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+from omegaconf import open_dict
 
+from browserrl.compose import compose
 from browserrl.config import validate
 from browserrl.pool import env_pool
 from browserrl.sft import warm_up
@@ -42,14 +42,9 @@ SETTINGS = {
 QUIET = ["eval.before=false", "eval.after=false", "logger=none", "trainer.save_strategy=no"]
 
 
-def config(overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
-
-
 def grpo(setting: str, steps: int, extra: list[str], out: Path) -> dict[str, Any]:
     """One run of `steps` GRPO steps; medians over the steps after the first."""
-    cfg = config([*SETTINGS[setting], *QUIET, f"trainer.max_steps={steps}", *extra])
+    cfg = compose(*SETTINGS[setting], *QUIET, f"trainer.max_steps={steps}", *extra)
     run(cfg, out / setting)
     rows = [json.loads(line) for line in (out / setting / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "step_time" in r][1:]
@@ -72,8 +67,8 @@ def grpo(setting: str, steps: int, extra: list[str], out: Path) -> dict[str, Any
 
 def sft(precision: str, episodes: int, extra: list[str], out: Path) -> dict[str, Any]:
     """The SFT warm-up on `episodes` oracle episodes of the task, one epoch: tokens per second."""
-    cfg = config(
-        [f"infra.precision={precision}", "sft=oracle", f"sft.episodes_per_task={episodes}", *QUIET, *extra]
+    cfg = compose(
+        f"infra.precision={precision}", "sft=oracle", f"sft.episodes_per_task={episodes}", *QUIET, *extra
     )
     with open_dict(cfg):
         cfg.sft.tasks = [cfg.task.name]

@@ -52,12 +52,12 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is experi
 
 import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from transformers import AutoModelForCausalLM, Lfm2Config, PrinterCallback, TrainerCallback  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from browserrl.analysis import markdown_table, peak_memory_mb, reset_peak_memory  # noqa: E402
+from browserrl.compose import compose  # noqa: E402
 from browserrl.generation import HFGenerator, SamplingParams  # noqa: E402
 from browserrl.modeling import (  # noqa: E402
     count_parameters,
@@ -117,8 +117,7 @@ SCALED_ENTROPY_NATS = 1.5
 
 def composed(*overrides: str, cpu: bool = False) -> DictConfig:
     """conf/train.yaml as `python train.py infra=gpu OVERRIDES` composes it (with CPU_FORM on top: `cpu`)."""
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="train", overrides=[*RECIPE, *overrides, *(CPU_FORM if cpu else ())])
+    return compose(*RECIPE, *overrides, *(CPU_FORM if cpu else ()))
 
 
 def grpo_args(cfg: DictConfig, output_dir: Path, max_steps: int) -> GRPOConfig:

@@ -20,22 +20,19 @@ import argparse
 import logging
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from browserrl.compose import compose
 from browserrl.config import ConfigError, validate
 from browserrl.evaluate import evaluate_suite
 from browserrl.modeling import checkpoint_config
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def composed(overrides: list[str]) -> DictConfig:
     """conf/train.yaml with train.py's overrides; a bad group option ends here, with Hydra's message."""
     try:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return compose(config_name="train", overrides=overrides)
+        return compose(*overrides)
     except HydraException as exc:
         raise SystemExit(f"config error: {exc}") from None
 

@@ -20,9 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
-
+from browserrl.compose import compose
 from browserrl.modeling import load_tokenizer, prepare_packaged_model
 from browserrl.pool import env_pool
 from browserrl.rollout import ChatFormat, Episode
@@ -30,12 +28,6 @@ from browserrl.sft import collect_demonstrations, oracle_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests/fixtures/recorded_episodes.json"
-
-
-def composed(*overrides: str) -> DictConfig:
-    """conf/train.yaml with overrides, as train.py would compose it (W&B off: nothing is logged here)."""
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="train", overrides=["logger=none", *overrides])
 
 
 def record(episode: Episode, max_action_tokens: int) -> dict:
@@ -61,8 +53,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=FIXTURE)
     args = parser.parse_args()
 
-    click = composed("task=click-button")
-    flight = composed("+experiment=book_flight")
+    click = compose("logger=none", "task=click-button")  # W&B off: nothing is logged here
+    flight = compose("logger=none", "+experiment=book_flight")
     tasks = {"click-button": click.task, "book-flight": flight.task}
     tokenizer = load_tokenizer(str(prepare_packaged_model()))
     chat = ChatFormat(tokenizer)

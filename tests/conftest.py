@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+
+from browserrl.compose import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,11 +21,7 @@ def root() -> Path:
 
 @pytest.fixture
 def compose_cfg() -> Callable[..., DictConfig]:
-    def _compose(*overrides: str) -> DictConfig:
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            return compose(config_name="train", overrides=list(overrides))
-
-    return _compose
+    return compose
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -5,16 +5,16 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import ROOT, TINY, run_train
-from hydra import compose, initialize_config_dir
+from helpers import TINY, run_train
+
+from browserrl.compose import compose
 
 # infra=slurm builds on infra/gpu: these put a CPU-only test machine back on the CPU path.
 CPU = ["trainer.use_cpu=true", "trainer.use_vllm=false", "infra.precision=fp32"]
 
 
 def test_infra_slurm_selects_the_submitit_slurm_launcher():
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["infra=slurm"], return_hydra_config=True)
+    cfg = compose("infra=slurm", return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert cfg.infra.name == "slurm" and cfg.trainer.use_vllm and cfg.hydra.launcher.gpus_per_node == 1
 
