@@ -37,7 +37,17 @@ log = logging.getLogger(__name__)
 #: A task on which one constant action string solves this share of the held-out seeds does not test page
 #: reading: the suite evaluation marks it and leaves it out of the suite mean.
 NOT_READING = 0.5
-COLUMNS = ("episodes", "success@1", "success@max", "mean_steps", "invalid_action_rate", "env_errors")
+#: Per-task columns of the table. truncated_rate: episodes cut by the step cap or the token budget (an
+#: oracle truncated below its step cap means trainer.max_completion_length is too small for the task).
+COLUMNS = (
+    "episodes",
+    "success@1",
+    "success@max",
+    "mean_steps",
+    "invalid_action_rate",
+    "truncated_rate",
+    "env_errors",
+)
 
 
 def heldout_seeds(cfg: DictConfig) -> list[int]:

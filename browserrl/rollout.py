@@ -21,6 +21,7 @@ env steps; `rollout_func` lets this loop own both and hand TRL finished token se
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -35,6 +36,8 @@ from browserrl.env.actions import DEFAULT_ALLOWED, extract_action, validate_acti
 from browserrl.generation import Generator, Turn
 from browserrl.pool import EnvFailure, EnvPool
 from browserrl.prompts import initial_messages, observation_text
+
+log = logging.getLogger(__name__)
 
 #: MiniWoB's raw score of a fully solved page (1.0; float tolerance for the partial-credit tasks' sums).
 FULL_SCORE = 1.0 - 1e-6
@@ -178,6 +181,7 @@ class RolloutEngine:
     ):
         self.policy, self.pool, self.chat, self.tasks = policy, pool, chat, tasks
         self.max_completion_tokens = max_completion_tokens
+        self._over_budget: set[str] = set()  # tasks whose episodes the token budget has cut (warned once)
 
     def play(
         self, instances: Sequence[tuple[str, int]], greedy: bool = False, progress: str | None = None
@@ -280,6 +284,13 @@ class RolloutEngine:
         budget = self.max_completion_tokens
         if budget and len(episode.completion_ids) + next_turn > budget:
             episode.done = episode.truncated = True
+            if episode.task not in self._over_budget:  # a silent cap here makes long solutions unreachable
+                self._over_budget.add(episode.task)
+                log.warning(
+                    "%s: an episode ended at step %d of its %d: the next observation and turn do not fit "
+                    "trainer.max_completion_length=%d tokens; raise it if the task needs more steps",
+                    episode.task, episode.steps, episode.max_steps, budget,
+                )  # fmt: skip
             return
         episode.extend(env_ids, None, from_model=False)
         episode.messages.append({"role": "user", "content": user_text})

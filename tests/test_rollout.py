@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from datasets import Dataset
@@ -70,15 +72,22 @@ def test_episode_is_one_masked_sequence(tiny, task, env_url):
     assert out["valid_action_rate"] == [0.0] * 4 and out["max_steps"] == [3] * 4
 
 
-def test_token_budget_truncates_episodes(tiny, task, env_url):
-    """Greedy turns, same pages: the same episodes again, but the last turn no longer fits the budget."""
+def test_token_budget_truncates_episodes(tiny, task, env_url, caplog):
+    """Greedy turns, same pages: the same episodes again, but the last turn no longer fits the budget; the
+    cut is named once (it silently made 5-step click-checkboxes solutions unreachable at 1024 tokens)."""
     unbounded, _ = play(tiny, task, env_url, n=2, greedy=True)
     assert [e.steps for e in unbounded.episodes] == [3, 3]
     budget = min(len(e.completion_ids) for e in unbounded.episodes) - 1
-    batch, chat = play(tiny, task, env_url, n=2, max_completion_tokens=budget, greedy=True)
+    with caplog.at_level(logging.WARNING, logger="browserrl.rollout"):
+        batch, chat = play(tiny, task, env_url, n=2, max_completion_tokens=budget, greedy=True)
     for e in batch.episodes:
         assert e.truncated and e.steps == 2
         assert len(e.completion_ids) <= budget and e.completion_ids[-1] == chat.eot_id
+    warnings = [r.getMessage() for r in caplog.records if "max_completion_length" in r.getMessage()]
+    assert warnings == [
+        f"click-test: an episode ended at step 2 of its 3: the next observation and turn do not "
+        f"fit trainer.max_completion_length={budget} tokens; raise it if the task needs more steps"
+    ]
 
 
 @pytest.mark.parametrize(
