@@ -159,6 +159,10 @@ def check_sft(cfg: DictConfig) -> None:
         oracles = ", ".join(ORACLE_TASKS)
         raise ConfigError("sft.tasks", f"no scripted oracle for {unknown}; there is one for {oracles}")
     _positive_int("sft.episodes_per_task", cfg.sft.episodes_per_task)
+    for task, episodes in cfg.sft.episodes_by_task.items():
+        if task not in cfg.sft.tasks:
+            raise ConfigError(f"sft.episodes_by_task.{task}", f"not one of sft.tasks {list(cfg.sft.tasks)}")
+        _positive_int(f"sft.episodes_by_task.{task}", episodes)
     check_fields("sft.trainer", OmegaConf.to_container(cfg.sft.trainer, resolve=True), SFTConfig)
 
 

@@ -55,9 +55,12 @@ def collect_demonstrations(engine: RolloutEngine, instances: Sequence[tuple[str,
 
 
 def demonstration_instances(sft_cfg: DictConfig) -> list[tuple[str, int]]:
-    """(task, seed) pairs, tasks interleaved so that every batch mixes them."""
-    seeds = range(sft_cfg.first_seed, sft_cfg.first_seed + sft_cfg.episodes_per_task)
-    return [(task, seed) for seed in seeds for task in sft_cfg.tasks]
+    """(task, seed) pairs, tasks interleaved so that every batch mixes them; a task listed in
+    `episodes_by_task` gets that many episodes instead of `episodes_per_task`."""
+    counts = {task: sft_cfg.episodes_by_task.get(task, sft_cfg.episodes_per_task) for task in sft_cfg.tasks}
+    first = sft_cfg.first_seed
+    seeds = range(first, first + max(counts.values()))
+    return [(task, seed) for seed in seeds for task in sft_cfg.tasks if seed < first + counts[task]]
 
 
 def train_sft(

@@ -126,6 +126,8 @@ def test_trainer_block_reaches_grpo_config(compose_cfg):
         (["model.source=path", "model.name_or_path=/nonexistent"], "model.name_or_path"),
         (["sft=oracle", "sft.tasks=[click-test,click-link]"], "sft.tasks"),
         (["sft=oracle", "sft.episodes_per_task=0"], "sft.episodes_per_task"),
+        (["sft=oracle", "+sft.episodes_by_task.click-tab=8"], "sft.episodes_by_task.click-tab"),
+        (["sft=oracle", "+sft.episodes_by_task.click-test=0"], "sft.episodes_by_task.click-test"),
         (["sft=oracle", "+sft.trainer.group_by_length=1"], "sft.trainer.group_by_length"),  # gone in TRL 1.16
         (["sft=oracle", "sft.trainer.num_train_epochs=two"], "sft.trainer.num_train_epochs"),
         (["env=remote"], "env.url"),  # missing mandatory value

@@ -9,7 +9,23 @@ from browserrl.config import task_configs, validate
 from browserrl.modeling import load_policy
 from browserrl.pool import EnvPool
 from browserrl.rollout import ChatFormat
-from browserrl.sft import collect_demonstrations, oracle_engine, start_from, train_sft
+from browserrl.sft import (
+    collect_demonstrations,
+    demonstration_instances,
+    oracle_engine,
+    start_from,
+    train_sft,
+)
+
+
+def test_episodes_by_task_gives_a_task_more_seeds(compose_cfg):
+    """The cpu recipe's layout: every task its 32 training seeds, click-checkboxes 64, tasks interleaved."""
+    sft = compose_cfg("+experiment=cpu_suite").sft
+    instances = demonstration_instances(sft)
+    counts = {task: sum(t == task for t, _ in instances) for task in sft.tasks}
+    assert counts == {task: 64 if task == "click-checkboxes" else 32 for task in sft.tasks}
+    assert instances[: len(sft.tasks)] == [(task, 0) for task in sft.tasks]
+    assert ("click-checkboxes", 63) in instances and ("click-button", 32) not in instances
 
 
 @pytest.mark.browser
