@@ -313,15 +313,19 @@ def plot_task_curves(runs: list[Run]) -> Any:
     cols = min(len(tasks), 4)
     rows = -(-len(tasks) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
-    colors = {label: f"C{i}" for i, label in enumerate(by_group(runs))}
-    styles = dict(zip(colors, itertools.cycle(STYLES)))
+    groups = by_group(runs)
+    colors = {label: f"C{i}" for i, label in enumerate(groups)}  # a colour per group, a style per seed in it
+    styles = {run.name: STYLES[i % len(STYLES)] for runs_ in groups.values() for i, run in enumerate(runs_)}
+    last = max((max(run.series("success_rate")[0], default=1) for run in runs), default=1)
     for ax, task in zip(axes.flat, tasks):
         for run in runs:
             steps, values = run.series(f"{task}/success_rate")
             if steps:
-                style, marker = styles[run.group]
+                style, marker = styles[run.name]
                 ax.plot(steps, values, ls=style, marker=marker, ms=3, color=colors[run.group], label=run.name)
         ax.set_title(task, fontsize="medium")
+        ax.set_xlim(0.5, last + 0.5)  # every panel on the run's steps, so a task's gaps show as gaps
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylim(-0.05, 1.05)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(tasks) :]:

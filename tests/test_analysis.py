@@ -127,3 +127,18 @@ def test_band_is_mean_and_min_max_over_seeds_at_shared_steps():
     )
     assert a.steps_to(0.9, "reward") == 3 and b.steps_to(0.9, "reward") is None
     assert analysis.band([a], "success_rate") is None
+
+
+def test_task_curves_tell_seeds_apart_on_the_runs_steps():
+    """Two seeds of one group: one colour, two line styles; each panel spans the run's steps."""
+    config = {"tuning": {"name": "lora"}, "lora": {"r": 16}, "suite": {"tasks": ["a", "b"]}}
+    rows = [
+        {"step": 1, "success_rate": 0.5, "a/success_rate": 0.5},
+        {"step": 4, "success_rate": 1, "b/success_rate": 1},
+    ]
+    runs = [analysis.Run(f"s{seed}", {**config, "seed": seed}, rows) for seed in (0, 1)]
+    fig = analysis.plot_task_curves(runs)
+    panel_a = fig.axes[0]
+    assert [line.get_color() for line in panel_a.lines] == ["C0", "C0"]
+    assert len({line.get_linestyle() for line in panel_a.lines}) == 2
+    assert panel_a.get_xlim() == (0.5, 4.5)
