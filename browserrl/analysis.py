@@ -315,7 +315,9 @@ def plot_task_curves(runs: list[Run]) -> Any:
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
     groups = by_group(runs)
     colors = {label: f"C{i}" for i, label in enumerate(groups)}  # a colour per group, a style per seed in it
-    styles = {run.name: STYLES[i % len(STYLES)] for runs_ in groups.values() for i, run in enumerate(runs_)}
+    styles = {
+        run.name: STYLES[i % len(STYLES)] for members in groups.values() for i, run in enumerate(members)
+    }
     last = max((max(run.series("success_rate")[0], default=1) for run in runs), default=1)
     for ax, task in zip(axes.flat, tasks):
         for run in runs:
