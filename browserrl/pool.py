@@ -59,11 +59,19 @@ class EnvPool:
         return client
 
     async def _call(self, slot: int, method: str, kwargs: dict[str, Any]) -> StepResult | EnvFailure:
+        """One call on one session. A reset that fails on a session opened earlier is tried once more on a
+        new one: the server closes a session idle for `env.idle_timeout_s` (an SFT warm-up longer than that
+        leaves every session idle; the first GRPO step lost a batch of episodes to it), and a failed reset
+        loses nothing."""
+        reopen = method == "reset" and self._clients[slot] is not None
         try:
             client = await self._client(slot)
             return await asyncio.wait_for(getattr(client, method)(**kwargs), self.timeout)
         except Exception as exc:  # noqa: BLE001 - any failure ends this episode, never the run
             await self._drop(slot)
+            if reopen:
+                log.info("session %d: %s: %s; reset on a new session", slot, type(exc).__name__, exc)
+                return await self._call(slot, method, kwargs)
             return EnvFailure(f"{method} on session {slot}: {type(exc).__name__}: {exc}"[:500])
 
     async def _drop(self, slot: int) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from browserrl.env import BrowserGymAction, BrowserGymEnv, EnvServerRefused, LocalEnvServer, check_env_url
 from browserrl.env.launcher import _free_port
+from browserrl.pool import EnvFailure, EnvPool
 from tests.env.conftest import alive, browser_count, chromium_pids, run, solve_click_test, wait_until
 
 pytestmark = pytest.mark.browser
@@ -59,6 +60,22 @@ def test_idle_session_is_closed_with_its_browser() -> None:
                 assert (await solve_click_test(env, seed=1)).reward == 1.0
 
         run(go())
+
+
+def test_pool_reopens_a_session_closed_for_idleness() -> None:
+    """Training keeps its sessions across an SFT warm-up longer than the idle timeout: the first reset after
+    it must start an episode, not come back as an env error."""
+    with LocalEnvServer(task="click-test", max_sessions=1, idle_timeout_s=1.0) as server:
+        pool = EnvPool(lambda: server.url, size=1)
+        try:
+            assert not isinstance(pool.reset([0], ["click-test"], [0])[0], EnvFailure)
+            pids = chromium_pids(server.pid)
+            assert wait_until(lambda: not alive(pids), timeout=15), "the idle session was not closed"
+            [result] = pool.reset([0], ["click-test"], [1])
+            assert not isinstance(result, EnvFailure), result
+            assert result.observation.goal
+        finally:
+            pool.close()
 
 
 def test_sigterm_shuts_down_cleanly_with_browsers() -> None:
