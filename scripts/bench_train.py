@@ -8,8 +8,12 @@ Each setting is a real `train.py` run (browserrl.train.run: local env server, th
 the default CPU batch) with held-out evaluation off, so a step is what training pays for. Settings:
 `fp32` (no autocast, every turn re-encodes the episode: the generator before the prefix cache),
 `fp32+kv`, `bf16` (autocast, re-encoding), `bf16+kv` (the CPU default where bf16 is native). The first
-step of each run warms up and is left out of the medians. SFT: the oracle's demonstrations of the task,
-fp32 vs bf16, tokens per second of SFTTrainer's training loop. Extra arguments are train.py overrides.
+step of each run warms up and is left out of the medians. SFT: the oracle's demonstrations of the run's
+tasks (the task, or the suite's), fp32 vs bf16, and micro-batch sizes at the same episodes per optimizer
+step, tokens per second of SFTTrainer's training loop. Extra arguments are train.py overrides.
+
+    python scripts/bench_train.py --settings= --sft-episodes 6 --sft-precisions bf16 \
+        --sft-micro-batches 1,2 +experiment=cpu_suite   # SFT only: padding cost of micro-batches of 2
 """
 
 from __future__ import annotations
@@ -65,22 +69,36 @@ def grpo(setting: str, steps: int, extra: list[str], out: Path) -> dict[str, Any
     return result
 
 
-def sft(precision: str, episodes: int, extra: list[str], out: Path) -> dict[str, Any]:
-    """The SFT warm-up on `episodes` oracle episodes of the task, one epoch: tokens per second."""
+def sft(
+    precision: str, episodes: int, micro_batch: int | None, extra: list[str], out: Path
+) -> dict[str, Any]:
+    """The SFT warm-up on `episodes` oracle episodes of each task, one epoch: tokens per second. A
+    `micro_batch` keeps the config's episodes per optimizer step (more accumulation, same loss)."""
     cfg = compose(
         f"infra.precision={precision}", "sft=oracle", f"sft.episodes_per_task={episodes}", *QUIET, *extra
     )
     with open_dict(cfg):
-        cfg.sft.tasks = [cfg.task.name]
+        cfg.sft.tasks = list(cfg.suite.tasks)
+        cfg.sft.episodes_by_task = {}
         cfg.sft.trainer.num_train_epochs = 1
+        if micro_batch:
+            trainer = cfg.sft.trainer
+            per_step = trainer.per_device_train_batch_size * trainer.gradient_accumulation_steps
+            trainer.per_device_train_batch_size = micro_batch
+            trainer.gradient_accumulation_steps = per_step // micro_batch
     args = validate(cfg)
     with env_pool(cfg) as pool:
         start = time.perf_counter()
-        final = warm_up(cfg, pool, out / f"sft-{precision}", args.max_completion_length)
+        final = warm_up(cfg, pool, out / f"sft-{precision}-{micro_batch}", args.max_completion_length)
         seconds = time.perf_counter() - start
     stats = json.loads((final.parent / "sft_summary.json").read_text())
-    return {"tokens": stats["tokens"], "train_s": round(stats["train_s"], 1), "wall_s": round(seconds, 1)} | {
-        "tokens_per_s": round(stats["tokens"] / stats["train_s"])
+    return {
+        "micro_batch": cfg.sft.trainer.per_device_train_batch_size,
+        "tokens": stats["tokens"],
+        "train_s": round(stats["train_s"], 1),
+        "wall_s": round(seconds, 1),
+        "tokens_per_s": round(stats["tokens"] / stats["train_s"]),
+        "train_loss": round(stats["train_loss"], 4),
     }
 
 
@@ -93,6 +111,12 @@ def main() -> None:
     p.add_argument(
         "--sft-episodes", type=int, default=32, help="oracle episodes for the SFT timing (0: skip)"
     )
+    p.add_argument("--sft-precisions", default="fp32,bf16", help="comma separated: fp32, bf16")
+    p.add_argument(
+        "--sft-micro-batches",
+        default="",
+        help="SFT micro-batch sizes, comma separated (default: the config's)",
+    )
     p.add_argument("--out", type=Path, help="where the runs go (default: a temporary folder)")
     p.add_argument("overrides", nargs="*", help="train.py overrides (default: task=click-button)")
     args = p.parse_args()
@@ -103,13 +127,15 @@ def main() -> None:
         "overrides": extra,
         "steps": args.steps,
     }
-    for setting in args.settings.split(","):
+    for setting in filter(None, args.settings.split(",")):  # --settings= : SFT only
         report[setting] = grpo(setting, args.steps, extra, out)
         print(json.dumps({setting: report[setting]}), flush=True)
-    if args.sft_episodes:
-        for precision in ("fp32", "bf16"):
-            report[f"sft-{precision}"] = sft(precision, args.sft_episodes, extra, out)
-            print(json.dumps({f"sft-{precision}": report[f"sft-{precision}"]}), flush=True)
+    micro_batches = [int(m) for m in args.sft_micro_batches.split(",") if m] or [None]
+    for precision in args.sft_precisions.split(",") if args.sft_episodes else []:
+        for micro_batch in micro_batches:
+            key = f"sft-{precision}" + (f"-micro{micro_batch}" if micro_batch else "")
+            report[key] = sft(precision, args.sft_episodes, micro_batch, extra, out)
+            print(json.dumps({key: report[key]}), flush=True)
     print(json.dumps(report, indent=1))
     (out / "bench_train.json").write_text(json.dumps(report, indent=1) + "\n")
 
