@@ -19,14 +19,14 @@ from browserrl.sft import (
 
 
 def test_episodes_by_task_gives_a_task_more_seeds(compose_cfg):
-    """The cpu recipe's layout: 32 training seeds per task, 64 for click-checkboxes, tasks interleaved."""
+    """The cpu recipe's layout: 32 training seeds per task, 128 for click-checkboxes, tasks interleaved."""
     sft = compose_cfg("+experiment=cpu_suite").sft
     instances = demonstration_instances(sft)
     counts = {task: sum(t == task for t, _ in instances) for task in sft.tasks}
     assert counts == {task: sft.episodes_by_task.get(task, 32) for task in sft.tasks}
-    assert counts["click-checkboxes"] == 64
+    assert counts["click-checkboxes"] == 128
     assert instances[: len(sft.tasks)] == [(task, 0) for task in sft.tasks]
-    assert ("click-checkboxes", 63) in instances and ("click-button", 32) not in instances
+    assert ("click-checkboxes", 127) in instances and ("click-button", 32) not in instances
 
 
 @pytest.mark.browser
