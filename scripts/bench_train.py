@@ -89,7 +89,7 @@ def sft(
     args = validate(cfg)
     with env_pool(cfg) as pool:
         start = time.perf_counter()
-        final = warm_up(cfg, pool, out / f"sft-{precision}-{micro_batch}", args.max_completion_length)
+        final = warm_up(cfg, pool, out, args.max_completion_length)
         seconds = time.perf_counter() - start
     stats = json.loads((final.parent / "sft_summary.json").read_text())
     return {
@@ -134,7 +134,7 @@ def main() -> None:
     for precision in args.sft_precisions.split(",") if args.sft_episodes else []:
         for micro_batch in micro_batches:
             key = f"sft-{precision}" + (f"-micro{micro_batch}" if micro_batch else "")
-            report[key] = sft(precision, args.sft_episodes, micro_batch, extra, out)
+            report[key] = sft(precision, args.sft_episodes, micro_batch, extra, out / key)
             print(json.dumps({key: report[key]}), flush=True)
     print(json.dumps(report, indent=1))
     (out / "bench_train.json").write_text(json.dumps(report, indent=1) + "\n")
