@@ -71,6 +71,8 @@ CHROMIUM_ARGS = (
     "--mute-audio",
     "--disable-features=OverlayScrollbars,ExtendedOverlayScrollbars",
 )
+#: How long a task page may take to load (MiniWoB's task.timeout, 5 s, still bounds every action).
+NAVIGATION_TIMEOUT_MS = 30_000
 _TRANSIENT_MARKERS = (
     "Frame was detached",
     "Frame with the given frameId is not found",
@@ -285,6 +287,9 @@ class MiniWoBEnvironment(Environment[BrowserGymAction, BrowserGymObservation, Br
                 viewport=task.viewport, locale=task.locale, timezone_id=task.timezone_id
             )
             self._context.set_default_timeout(task.timeout)
+            # Loading the task's page gets longer than its actions: a local file, but 16+ sessions
+            # launching Chromium at once on 2 cores took over 5 s to load it.
+            self._context.set_default_navigation_timeout(NAVIGATION_TIMEOUT_MS)
             self._page = self._context.new_page()
         else:
             for page in self._context.pages:  # tabs left by the previous episode (only if tabs are allowed)
