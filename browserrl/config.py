@@ -168,6 +168,7 @@ def check_sft(cfg: DictConfig) -> None:
 
 def check_env(cfg: DictConfig) -> None:
     _positive_int("env.sessions", cfg.env.sessions)
+    _positive_int("eval.sessions", cfg.eval.sessions)  # after env.sessions: by default, the same value
     if not fits_type(cfg.env.message_timeout_s, float) or cfg.env.message_timeout_s <= 0:
         raise ConfigError("env.message_timeout_s", f"must be > 0 seconds, got {cfg.env.message_timeout_s!r}")
     if cfg.env.mode == "local":

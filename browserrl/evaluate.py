@@ -9,11 +9,12 @@ once, and the baselines are played once per suite and seed range.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from browserrl.config import task_configs
 from browserrl.generation import HFGenerator, SamplingParams
 from browserrl.metrics import episode_metrics, jsonable
 from browserrl.modeling import cache_root, load_checkpoint, load_policy, model_identity
-from browserrl.pool import env_pool
+from browserrl.pool import EnvPool, env_pool
 from browserrl.rollout import ChatFormat, Episode, Policy, RolloutEngine, model_policy, scripted_policy
 from browserrl.traces import ScreenshotRecorder, record_trace, write_traces
 
@@ -105,19 +106,36 @@ def play_seeded(
         return engine.play(instances, greedy=greedy, progress=progress).episodes
 
 
+@contextlib.contextmanager
+def eval_sessions(pool: EnvPool, cfg: DictConfig) -> Iterator[EnvPool]:
+    """The pool at `eval.sessions` sessions for this block (default: training's count). More sessions
+    make larger generation batches but cost CPU and memory; on 2 CPU cores 24 were slower than 8
+    (scripts/bench_eval.py, docs/benchmarks.md)."""
+    size = pool.size
+    pool.resize(cfg.eval.sessions)
+    try:
+        yield pool
+    finally:
+        pool.resize(size)
+
+
 def heldout_report(
     engine: RolloutEngine, cfg: DictConfig, prefix: str, cache: bool = False
 ) -> dict[str, Any]:
     """`{prefix}/success_rate`, per task `{prefix}/TASK/success_rate`, ... over the suite's tasks on the
-    held-out seeds, sampled at the training temperature; `{prefix}/greedy_*` if enabled. With `cache` (the
-    base model: it is the same for every run of a sweep) the result is read from `cached` when it exists."""
+    held-out seeds, sampled at the training temperature; `{prefix}/greedy_*` if enabled; played on
+    `eval.sessions` sessions. With `cache` (the base model: it is the same for every run of a sweep) the
+    result is read from `cached` when it exists."""
     seeds, tasks = heldout_seeds(cfg), list(cfg.suite.tasks)
     report = {}
     for decoding in ("sampled", "greedy") if cfg.eval.greedy else ("sampled",):
 
         def compute(decoding: str = decoding) -> dict[str, Any]:
             instances = [(task, s) for task in tasks for s in seeds]
-            episodes = play_seeded(engine, instances, decoding == "greedy", f"held-out {prefix}, {decoding}")
+            with eval_sessions(engine.pool, cfg):
+                episodes = play_seeded(
+                    engine, instances, decoding == "greedy", f"held-out {prefix}, {decoding}"
+                )
             return jsonable(episode_metrics(episodes))
 
         metrics = cached(eval_key(cfg, prefix, decoding, tasks, seeds, "report"), compute, cache)
@@ -292,7 +310,7 @@ def evaluate_suite(
             model, tokenizer.pad_token_id, chat.eot_id, sampling, t.bf16, cfg.infra.reuse_kv_cache
         )
 
-    with env_pool(cfg, screenshot=screenshots) as pool:
+    with env_pool(cfg, cfg.eval.sessions, screenshot=screenshots) as pool:
         recorder = ScreenshotRecorder(pool) if screenshots else None
         policy = model_policy(generator(base))
         engine = RolloutEngine(policy, recorder or pool, chat, task_configs(cfg), t.max_completion_length)

@@ -2,9 +2,11 @@
 the one way a run, an evaluation, the SFT warm-up or a script gets them from its config.
 
 The rollout is synchronous (TRL calls it), the OpenEnv client is async. One background event loop owns the
-clients, so the sessions (and the Chromium behind each) live for the whole run, and the env steps of all live
-episodes of a turn run concurrently. A failed call never raises: it comes back as `EnvFailure`, the session is
-dropped and reopened on next use, and `on_failure` may restart a local server.
+clients, so the sessions (and the Chromium behind each) stay open between rollouts, and the env steps of all
+live episodes of a turn run concurrently. A session opens at its first use; `resize` (evaluation plays on
+more sessions than training) and `release` (an SFT warm-up, once its demonstrations are played) close some.
+A failed call never raises: it comes back as `EnvFailure`, the session is dropped and reopened on next use,
+and `on_failure` may restart a local server.
 """
 
 from __future__ import annotations
@@ -115,23 +117,42 @@ class EnvPool:
         calls = [(s, "step", {"action": BrowserGymAction(action_str=a)}) for s, a in zip(slots, actions)]
         return self._gather(calls)
 
-    def close(self) -> None:
-        async def close_all() -> None:
-            await asyncio.gather(*(self._drop(i) for i in range(self.size)))
+    def resize(self, size: int) -> None:
+        """Play on `size` sessions from now on: added ones open at their first use, those beyond close."""
+        self._drop_all(range(size, self.size))
+        self._clients = self._clients[:size] + [None] * (size - self.size)
+        self.size = size
+
+    def release(self) -> None:
+        """Close every session; each reopens at its next use. Idle sessions still take CPU: 8 of them
+        ~0.1 of a core (an SFT warm-up releases the sessions its demonstrations played on)."""
+        self._drop_all(range(self.size))
+
+    def _drop_all(self, slots: Sequence[int]) -> None:
+        async def drop() -> None:
+            await asyncio.gather(*(self._drop(i) for i in slots))
 
         if self._loop.is_running():
-            asyncio.run_coroutine_threadsafe(close_all(), self._loop).result(timeout=30)
+            asyncio.run_coroutine_threadsafe(drop(), self._loop).result(timeout=30)
+
+    def close(self) -> None:
+        self._drop_all(range(self.size))
+        if self._loop.is_running():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)
 
 
 @contextlib.contextmanager
-def env_pool(cfg: DictConfig, **reset_options: Any) -> Iterator[EnvPool]:
-    """`cfg.env.sessions` sessions on a local server started for this block (restarted if it dies, so a
-    dead server costs episodes, not the run) or on a running one at `env.url` (`env=remote`).
+def env_pool(cfg: DictConfig, sessions: int | None = None, **reset_options: Any) -> Iterator[EnvPool]:
+    """`sessions` (default `cfg.env.sessions`) sessions on a local server started for this block
+    (restarted if it dies, so a dead server costs episodes, not the run) or on a running one at `env.url`
+    (`env=remote`). A session opens at its first use.
 
     `reset_options` go with every reset (`screenshot=True`); per-task options come with each episode.
     """
+    sessions = sessions or cfg.env.sessions
+    # the server's capacity: an evaluation may resize the pool, a dropped session may linger a while
+    capacity = max(sessions, cfg.eval.sessions) + 2
     with contextlib.ExitStack() as stack:
         if cfg.env.mode == "remote":
             url, heal = (lambda: cfg.env.url), None
@@ -141,7 +162,7 @@ def env_pool(cfg: DictConfig, **reset_options: Any) -> Iterator[EnvPool]:
             server = stack.enter_context(
                 LocalEnvServer(
                     task=cfg.task.name,
-                    max_sessions=cfg.env.sessions + 2,  # headroom: a dropped session may linger a while
+                    max_sessions=capacity,
                     idle_timeout_s=cfg.env.idle_timeout_s,
                     start_timeout_s=cfg.env.start_timeout_s,
                 )  # each episode's cap goes with its reset (the server truncates where the rollout stops)
@@ -155,6 +176,6 @@ def env_pool(cfg: DictConfig, **reset_options: Any) -> Iterator[EnvPool]:
                     log.warning("env server died; restarting it (failed episodes count as env_errors)")
                     server.restart()
 
-        pool = EnvPool(url, cfg.env.sessions, cfg.env.message_timeout_s, heal, reset_options)
+        pool = EnvPool(url, sessions, cfg.env.message_timeout_s, heal, reset_options)
         stack.callback(pool.close)
         yield pool

@@ -120,6 +120,7 @@ def warm_up(cfg: DictConfig, pool: EnvPool, out_dir: Path, max_tokens: int | Non
     chat = ChatFormat(tokenizer, cfg.model.eot_token)
     engine = oracle_engine(pool, chat, task_configs(cfg, list(cfg.sft.tasks)), max_tokens)
     demos = collect_demonstrations(engine, demonstration_instances(cfg.sft))
+    pool.release()  # idle sessions would take CPU from SFT; GRPO reopens them
     if not demos:
         raise RuntimeError(f"the oracle solved none of {list(cfg.sft.tasks)}: nothing to imitate")
     log.info("sft: %d successful oracle episodes", len(demos))

@@ -63,6 +63,7 @@ def main() -> None:
                 cfg.suite, cfg.tasks = suite.suite, suite.tasks
         with open_dict(cfg):
             cfg.trainer.pop("bf16", None)  # validate sets it again from infra.precision, on this machine
+            cfg.eval.setdefault("sessions", cfg.env.sessions)  # a run saved before eval.sessions existed
     try:
         validate(cfg)
     except ConfigError as exc:

@@ -145,6 +145,7 @@ def test_trainer_block_reaches_grpo_config(compose_cfg):
         (["task.allowed_actions=[click,teleport]"], "task.allowed_actions"),
         (["suite.tasks=[click-test,clik-button]"], "suite.tasks"),
         (["env.sessions=0"], "env.sessions"),
+        (["eval.sessions=0"], "eval.sessions"),
         (["model.source=cloud"], "model.source"),
     ],
 )

@@ -49,7 +49,9 @@ def rows(run_dir: Path) -> list[dict]:
 
 def test_two_step_run_writes_record_and_checkpoint_then_resumes(tmp_path):
     run_dir = tmp_path / "run"
-    done = run_train(*SMALL, "trainer.max_steps=2", "trainer.save_steps=1", f"hydra.run.dir={run_dir}")
+    done = run_train(
+        *SMALL, "eval.sessions=2", "trainer.max_steps=2", "trainer.save_steps=1", f"hydra.run.dir={run_dir}"
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     logged = [r for r in rows(run_dir) if "reward" in r]
     assert [r["step"] for r in logged] == [1, 2]

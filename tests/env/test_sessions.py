@@ -78,6 +78,26 @@ def test_pool_reopens_a_session_closed_for_idleness() -> None:
             pool.close()
 
 
+def test_pool_resizes_and_releases_its_sessions() -> None:
+    """Evaluation plays on more sessions than training (`resize`), an SFT warm-up closes its sessions while
+    it trains (`release`): each closes its browsers, and the pool plays on afterwards."""
+    with LocalEnvServer(task="click-test", max_sessions=3, idle_timeout_s=None) as server:
+        pool = EnvPool(lambda: server.url, size=1)
+        try:
+            pool.resize(3)
+            results = pool.reset([0, 1, 2], ["click-test"] * 3, [0, 1, 2])
+            assert not any(isinstance(r, EnvFailure) for r in results), results
+            assert browser_count(server.pid) == 3
+            pool.resize(1)
+            assert wait_until(lambda: browser_count(server.pid) == 1, timeout=20)
+            pool.release()
+            assert wait_until(lambda: browser_count(server.pid) == 0, timeout=20)
+            [result] = pool.reset([0], ["click-test"], [3])
+            assert not isinstance(result, EnvFailure), result
+        finally:
+            pool.close()
+
+
 def test_sigterm_shuts_down_cleanly_with_browsers() -> None:
     port = _free_port("127.0.0.1")
     cmd = [
