@@ -3,8 +3,8 @@ the one way a run, an evaluation, the SFT warm-up or a script gets them from its
 
 The rollout is synchronous (TRL calls it), the OpenEnv client is async. One background event loop owns the
 clients, so the sessions (and the Chromium behind each) stay open between rollouts, and the env steps of all
-live episodes of a turn run concurrently. A session opens at its first use; `resize` (evaluation plays on
-more sessions than training) and `release` (an SFT warm-up, once its demonstrations are played) close some.
+live episodes of a turn run concurrently. A session opens at its first use; `resize` (held-out evaluation
+plays on `eval.sessions`) and `release` (an SFT warm-up, once its demonstrations are played) close some.
 A failed call never raises: it comes back as `EnvFailure`, the session is dropped and reopened on next use,
 and `on_failure` may restart a local server.
 """
