@@ -79,8 +79,8 @@ def test_pool_reopens_a_session_closed_for_idleness() -> None:
 
 
 def test_pool_resizes_and_releases_its_sessions() -> None:
-    """Evaluation plays on more sessions than training (`resize`), an SFT warm-up closes its sessions while
-    it trains (`release`): each closes its browsers, and the pool plays on afterwards."""
+    """Evaluation plays on its own session count (`resize`), an SFT warm-up closes its sessions while it
+    trains (`release`): each closes its browsers, and the pool plays on afterwards."""
     with LocalEnvServer(task="click-test", max_sessions=3, idle_timeout_s=None) as server:
         pool = EnvPool(lambda: server.url, size=1)
         try:
