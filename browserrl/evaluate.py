@@ -128,28 +128,27 @@ def heldout_report(
     result is read from `cached` when it exists."""
     seeds, tasks = heldout_seeds(cfg), list(cfg.suite.tasks)
     report = {}
-    for decoding in ("sampled", "greedy") if cfg.eval.greedy else ("sampled",):
+    with eval_sessions(engine.pool, cfg):  # both decodings on the same sessions (opened at first use)
+        for decoding in ("sampled", "greedy") if cfg.eval.greedy else ("sampled",):
 
-        def compute(decoding: str = decoding) -> dict[str, Any]:
-            instances = [(task, s) for task in tasks for s in seeds]
-            with eval_sessions(engine.pool, cfg):
-                episodes = play_seeded(
-                    engine, instances, decoding == "greedy", f"held-out {prefix}, {decoding}"
-                )
-            return jsonable(episode_metrics(episodes))
+            def compute(decoding: str = decoding) -> dict[str, Any]:
+                instances = [(task, s) for task in tasks for s in seeds]
+                progress = f"held-out {prefix}, {decoding}"
+                episodes = play_seeded(engine, instances, decoding == "greedy", progress)
+                return jsonable(episode_metrics(episodes))
 
-        metrics = cached(eval_key(cfg, prefix, decoding, tasks, seeds, "report"), compute, cache)
-        tag = "" if decoding == "sampled" else "greedy_"
-        report |= {f"{prefix}/{tag}{k}": v for k, v in metrics.items()}
-        log.info(
-            "held-out %s, %s: success %.3f over %d episodes (%s; %d seeds each)",
-            prefix,
-            decoding,
-            metrics["success_rate"],
-            len(tasks) * len(seeds),
-            ", ".join(tasks),
-            len(seeds),
-        )
+            metrics = cached(eval_key(cfg, prefix, decoding, tasks, seeds, "report"), compute, cache)
+            tag = "" if decoding == "sampled" else "greedy_"
+            report |= {f"{prefix}/{tag}{k}": v for k, v in metrics.items()}
+            log.info(
+                "held-out %s, %s: success %.3f over %d episodes (%s; %d seeds each)",
+                prefix,
+                decoding,
+                metrics["success_rate"],
+                len(tasks) * len(seeds),
+                ", ".join(tasks),
+                len(seeds),
+            )
     return report
 
 
