@@ -25,6 +25,7 @@ from trl import SFTConfig, SFTTrainer
 
 from browserrl import oracle
 from browserrl.config import task_configs
+from browserrl.lm_head import compact_lm_head
 from browserrl.modeling import load_policy, lora_config
 from browserrl.pool import EnvPool
 from browserrl.prompts import target_turn
@@ -93,7 +94,8 @@ def train_sft(
         processing_class=tokenizer,
         peft_config=lora_config(cfg),
     )
-    result = trainer.train()
+    with compact_lm_head():  # the loss is on the model's turns: only their positions go through the LM head
+        result = trainer.train()
     policy = trainer.accelerator.unwrap_model(trainer.model)
     if hasattr(policy, "merge_and_unload"):  # LoRA: GRPO starts from the merged weights (and its own LoRA)
         policy = policy.merge_and_unload()
