@@ -19,13 +19,13 @@ from typing import Any
 from datasets import Dataset
 from omegaconf import DictConfig, OmegaConf
 from transformers import PrinterCallback, set_seed
-from trl import GRPOTrainer
 
 from browserrl import rewards
 from browserrl.analysis import peak_memory_mb, reset_peak_memory
 from browserrl.config import task_configs, validate
 from browserrl.evaluate import PeriodicEval, heldout_report
 from browserrl.generation import HFGenerator, SamplingParams, VLLMGenerator
+from browserrl.grpo import GRPOTrainer
 from browserrl.metrics import JsonlLogger, ProgressBar, jsonable
 from browserrl.modeling import count_parameters, load_policy, lora_config
 from browserrl.pool import env_pool

@@ -1,4 +1,4 @@
-"""What the end-to-end tests share: train.py run as a user runs it, on a tiny random model."""
+"""What tests share: train.py run as a user runs it, on a tiny random model; a GRPOTrainer to score with."""
 
 from __future__ import annotations
 
@@ -6,6 +6,15 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+from datasets import Dataset
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from trl import GRPOConfig
+
+from browserrl import rewards
+from browserrl.grpo import GRPOTrainer
+from browserrl.rollout import instance_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,4 +32,22 @@ def run_train(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=timeout,
+    )
+
+
+def scoring_trainer(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, output_dir: Path, **grpo_args: Any
+) -> GRPOTrainer:
+    """The project's GRPOTrainer for tests that call its scoring or its loss directly: a dataset of one
+    click-test instance, the success reward, no logging; `grpo_args` are GRPOConfig fields."""
+    args = GRPOConfig(
+        output_dir=str(output_dir), max_steps=1, use_cpu=True, report_to=[], beta=0.0, **grpo_args
+    )
+    rows = args.per_device_train_batch_size * args.gradient_accumulation_steps
+    return GRPOTrainer(
+        model=model,
+        reward_funcs=rewards.success,
+        args=args,
+        processing_class=tokenizer,
+        train_dataset=Dataset.from_dict({"prompt": [instance_prompt("click-test", 7)] * rows}),
     )

@@ -6,15 +6,13 @@ import logging
 
 import pytest
 import torch
-from datasets import Dataset
+from helpers import scoring_trainer
 from omegaconf import OmegaConf
-from trl import GRPOConfig, GRPOTrainer
 
-from browserrl import rewards
 from browserrl.generation import HFGenerator, SamplingParams
 from browserrl.modeling import load_policy
 from browserrl.pool import EnvPool
-from browserrl.rollout import ChatFormat, RolloutEngine, instance_prompt, model_policy, trainer_output
+from browserrl.rollout import ChatFormat, RolloutEngine, model_policy, trainer_output
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -109,24 +107,10 @@ def test_logprobs_match_trainer(arch, bf16, task, env_url, tmp_path):
     model, tokenizer = tiny = tiny_model(arch)
     batch, _ = play(tiny, task, env_url, bf16=bf16)
     out = trainer_output(batch)
-    args = GRPOConfig(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=4,
-        num_generations=2,
-        max_steps=1,
-        temperature=TEMPERATURE,
-        use_cpu=True,
-        bf16=bf16,
-        report_to=[],
-        beta=0.0,
-    )
-    trainer = GRPOTrainer(
-        model=model,
-        reward_funcs=rewards.success,
-        args=args,
-        processing_class=tokenizer,
-        train_dataset=Dataset.from_dict({"prompt": [instance_prompt("click-test", 7)] * 4}),
-    )
+    trainer = scoring_trainer(
+        model, tokenizer, tmp_path, per_device_train_batch_size=4, num_generations=2,
+        temperature=TEMPERATURE, bf16=bf16,
+    )  # fmt: skip
     pad = tokenizer.pad_token_id
     p_len = max(len(p) for p in out["prompt_ids"])
     c_len = max(len(c) for c in out["completion_ids"])
