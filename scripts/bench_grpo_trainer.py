@@ -1,0 +1,159 @@
+"""GRPO training on a suite's steps, by TRL's GRPOTrainer and by browserrl's (browserrl/grpo.py).
+
+    python scripts/bench_grpo_trainer.py                     # the cpu recipe's steps, 2 of them, 3 trainers
+    python scripts/bench_grpo_trainer.py --steps 3 --trainers trl,browserrl +experiment=cpu_suite
+
+The scripted oracle plays the steps' (task, seed) groups once, drawn from the run's training instances (the
+oracle's episodes are what SFT teaches, so their lengths are the warm-started policy's). Then each trainer
+trains the same steps on those episodes, replayed by its rollout_func, so the timed part is the trainer's own
+(forward/backward, optimizer) on identical inputs. Trainers: `trl`, TRL's as it is (every micro-batch at the
+step's padded width, the LM head over every position on CPU); `own-width`, TRL's with each micro-batch cut
+to its own length (browserrl.grpo.trim_padding); `browserrl`, that and the compact LM head
+(browserrl.lm_head). Extra arguments are train.py overrides (default: +experiment=cpu_suite).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trl
+from datasets import Dataset
+from omegaconf import DictConfig
+from transformers import PrinterCallback, TrainerCallback
+from trl import GRPOConfig
+
+from browserrl import grpo, rewards
+from browserrl.compose import compose
+from browserrl.config import task_configs, validate
+from browserrl.modeling import load_policy, load_tokenizer, lora_config, resolve_model_path
+from browserrl.pool import env_pool
+from browserrl.rollout import ChatFormat, Episode, RolloutBatch, parse_instance, trainer_output
+from browserrl.sft import oracle_engine
+from browserrl.train import training_instances
+
+
+class OwnWidth(trl.GRPOTrainer):
+    """TRL's trainer with micro-batches cut to their own length, its LM head as it is."""
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        return super().compute_loss(
+            model, grpo.trim_padding(inputs, self.args.pad_to_multiple_of), *args, **kwargs
+        )
+
+
+TRAINERS: dict[str, Callable[..., trl.GRPOTrainer]] = {
+    "browserrl": grpo.GRPOTrainer,
+    "own-width": OwnWidth,
+    "trl": trl.GRPOTrainer,
+}
+
+
+class StepTimer(TrainerCallback):
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.seconds.append(time.perf_counter() - self.start)
+        print(json.dumps({"step": state.global_step, "seconds": round(self.seconds[-1], 1)}), flush=True)
+
+
+def record(cfg: DictConfig, prompts: list[str], max_tokens: int) -> dict[str, Episode]:
+    """The oracle's episode of each distinct instance, by its dataset prompt."""
+    chat = ChatFormat(load_tokenizer(resolve_model_path(cfg.model)), cfg.model.eot_token)
+    distinct = sorted(set(prompts))
+    with env_pool(cfg) as pool:
+        engine = oracle_engine(pool, chat, task_configs(cfg), max_tokens)
+        episodes = engine.play([parse_instance(p) for p in distinct], progress="oracle").episodes
+    return dict(zip(distinct, episodes))
+
+
+def train(
+    name: str, cfg: DictConfig, args: GRPOConfig, prompts: list[str], episodes: dict[str, Episode]
+) -> tuple[list[float], list[dict[str, Any]]]:
+    """`name`'s trainer on the replayed episodes: seconds per step, and per step the tokens its episodes
+    hold and the tokens TRL's micro-batches compute at the step's padded width."""
+    model, tokenizer = load_policy(cfg.model)
+    reward_funcs, _ = rewards.select(dict(cfg.rewards))
+    tokens: list[dict[str, Any]] = []
+
+    def replay(step: list[str], _: Any) -> dict[str, Any]:
+        eps = [episodes[p] for p in step]
+        width = max(len(e.prompt_ids) for e in eps) + max(len(e.completion_ids) for e in eps)
+        real = sum(len(e.prompt_ids) + len(e.completion_ids) for e in eps)
+        groups = [json.loads(p)["task"] for p in dict.fromkeys(step)]
+        tokens.append({"groups": groups, "tokens": real, "tokens_at_step_width": width * len(eps)})
+        print(json.dumps(tokens[-1]), flush=True)
+        return trainer_output(RolloutBatch(eps))
+
+    trainer = TRAINERS[name](
+        model=model,
+        reward_funcs=reward_funcs,
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": prompts}),  # one group a row (TRL repeats each row)
+        processing_class=tokenizer,
+        peft_config=lora_config(cfg),
+        rollout_func=replay,
+    )
+    trainer.remove_callback(PrinterCallback)
+    timer = StepTimer()
+    trainer.add_callback(timer)
+    trainer.train()
+    return timer.seconds, tokens
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=2, help="GRPO steps per trainer")
+    p.add_argument(
+        "--trainers", default=",".join(TRAINERS), help=f"comma separated, of {', '.join(TRAINERS)}"
+    )
+    p.add_argument("overrides", nargs="*", help="train.py overrides (default: +experiment=cpu_suite)")
+    opts = p.parse_args()
+    names = opts.trainers.split(",")
+    if unknown := sorted(set(names) - set(TRAINERS)):
+        p.error(f"--trainers: {', '.join(unknown)} not among {', '.join(TRAINERS)}")
+    overrides = opts.overrides or ["+experiment=cpu_suite"]
+    cfg = compose(*overrides, "logger=none", "trainer.save_strategy=no", f"trainer.max_steps={opts.steps}")
+    out = tempfile.mkdtemp(prefix="bench-grpo-trainer-")
+    args = validate(cfg, out)
+    groups = args.per_device_train_batch_size * args.gradient_accumulation_steps // args.num_generations
+    prompts = random.Random(cfg.seed).sample(training_instances(cfg), groups * opts.steps)
+    episodes = record(cfg, prompts, args.max_completion_length)
+
+    report: dict[str, Any] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, bf16={args.bf16}",
+        "overrides": overrides,
+    }
+    for name in names:  # the same seed: each draws the same groups into the same steps
+        seconds, tokens = train(name, cfg, args, prompts, episodes)
+        report["tokens"] = tokens
+        report[name] = {
+            "step_s": [round(s, 1) for s in seconds],
+            "median_step_s": round(statistics.median(seconds), 1),
+            "tokens_per_s": round(sum(t["tokens"] for t in tokens) / sum(seconds)),
+        }
+        print(json.dumps({name: report[name], "tokens": tokens}), flush=True)
+    shutil.rmtree(out)
+    if "trl" in names:
+        for name in names:
+            report[name]["speedup_over_trl"] = round(
+                sum(report["trl"]["step_s"]) / sum(report[name]["step_s"]), 2
+            )
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
