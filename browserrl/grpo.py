@@ -4,7 +4,8 @@ projecting only the completion's positions on CPU too (browserrl.lm_head).
 TRL pads a whole generation batch (a step's episodes) to one width, prompts on the left to the longest prompt,
 completions on the right to the longest completion, and splits it into micro-batches as it is. A suite's step
 mixes one-turn episodes of a few hundred tokens with eight-turn ones of ~2k, so a micro-batch holding one
-short episode was computed at the longest one's width: most of a step's forward/backward ran on padding.
+short episode was computed at the longest one's width (two of the recipe's steps: 1.64x the tokens there
+were, docs/benchmarks.md).
 
 `trim_padding` drops the columns that are padding in every row of a micro-batch. The loss and its gradient
 do not change: those positions are outside the attention mask and the loss mask, and every loss type
