@@ -58,8 +58,13 @@ def trim_padding(inputs: dict[str, Any], multiple: int | None = None) -> dict[st
 
 
 class GRPOTrainer(trl.GRPOTrainer):
-    """trl.GRPOTrainer whose loss is computed on micro-batches without their shared padding, by an LM head
-    that scores the completion only."""
+    """trl.GRPOTrainer whose loss is computed on micro-batches without their shared padding, and whose every
+    scoring pass while training (the loss; reference and old logprobs where a config asks for them) uses an
+    LM head that projects the completion only."""
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        with compact_lm_head():
+            return super().train(*args, **kwargs)
 
     def compute_loss(
         self,
@@ -69,5 +74,4 @@ class GRPOTrainer(trl.GRPOTrainer):
         num_items_in_batch: torch.Tensor | None = None,
     ) -> torch.Tensor:
         inputs = trim_padding(inputs, self.args.pad_to_multiple_of)
-        with compact_lm_head():
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)

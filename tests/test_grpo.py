@@ -3,6 +3,8 @@ gradient on fewer columns."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 import trl
@@ -10,6 +12,7 @@ from helpers import scoring_trainer
 from omegaconf import OmegaConf
 
 from browserrl.grpo import GRPOTrainer, trim_padding
+from browserrl.lm_head import compact_lm_head
 from browserrl.modeling import load_policy
 
 PAD = 0
@@ -68,9 +71,13 @@ def test_trimmed_loss_and_gradient_match_trl(arch, tmp_path):
     for i in range(3):
         micro = rows(batch, i)
         losses, grads = [], []
-        for compute_loss in (trl.GRPOTrainer.compute_loss, GRPOTrainer.compute_loss):
+        for compute_loss, head in (
+            (trl.GRPOTrainer.compute_loss, contextlib.nullcontext()),
+            (GRPOTrainer.compute_loss, compact_lm_head()),  # as GRPOTrainer.train scores
+        ):
             trainer.model.zero_grad()
-            loss = compute_loss(trainer, trainer.model, micro)
+            with head:
+                loss = compute_loss(trainer, trainer.model, micro)
             loss.backward()
             losses.append(loss.detach())
             grads.append(torch.cat([p.grad.flatten() for p in params]))
