@@ -42,13 +42,11 @@ from browserrl.sft import oracle_engine
 from browserrl.train import training_instances
 
 
-class OwnWidth(trl.GRPOTrainer):
-    """TRL's trainer with micro-batches cut to their own length, its LM head as it is."""
+class OwnWidth(grpo.GRPOTrainer):
+    """browserrl's trainer without the compact LM head: micro-batches cut to their own length, TRL's head."""
 
-    def compute_loss(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-        return super().compute_loss(
-            model, grpo.trim_padding(inputs, self.args.pad_to_multiple_of), *args, **kwargs
-        )
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        return trl.GRPOTrainer.train(self, *args, **kwargs)
 
 
 TRAINERS: dict[str, Callable[..., trl.GRPOTrainer]] = {
