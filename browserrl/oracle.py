@@ -1,7 +1,8 @@
 """Scripted oracles: the next correct action from the goal and the AX tree, nothing else.
 
-They play MiniWoB tasks for the SFT warm-up's demonstrations (browserrl.sft) and show what a solved episode
-costs in steps and tokens (scripts/bench_book_flight.py). Stateless on purpose: everything an oracle decides
+They play MiniWoB tasks for the SFT warm-up's demonstrations (browserrl.sft), as the expert in a GRPO group
+the policy failed (browserrl.groups), and show what a solved episode costs in steps and tokens
+(scripts/bench_book_flight.py). Stateless on purpose: everything an oracle decides
 from is in the observation the policy sees, so a demonstration never relies on hidden information.
 """
 
@@ -9,10 +10,14 @@ from __future__ import annotations
 
 import calendar
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from browserrl.prompts import AXNode, parse_axtree
+from omegaconf import DictConfig
+
+from browserrl.pool import EnvPool
+from browserrl.prompts import AXNode, parse_axtree, target_turn
+from browserrl.rollout import ChatFormat, RolloutEngine, scripted_policy
 
 #: An oracle: (goal, AX tree) -> the next action, or None when it does not know the page.
 Oracle = Callable[[str, str], str | None]
@@ -39,6 +44,19 @@ def oracle_action(task: str, goal: str, axtree: str) -> str | None:
 def act(obs: Any) -> str | None:
     """The oracle as a script of the last observation (browserrl.rollout.scripted_policy)."""
     return oracle_action(obs.metadata.get("task_name", ""), obs.goal, obs.axtree_txt or "")
+
+
+def demonstrator(
+    pool: EnvPool, chat: ChatFormat, tasks: Mapping[str, DictConfig], max_tokens: int | None
+) -> RolloutEngine:
+    """The rollout engine with the oracle playing the turns, each written as the task's prompt teaches the
+    model to write it (prompts.target_turn): its episodes are demonstrations in the policy's own format."""
+
+    def turn(obs: Any) -> str | None:
+        action = act(obs)
+        return action and target_turn(action, obs.axtree_txt or "", tasks[obs.metadata["task_name"]])
+
+    return RolloutEngine(scripted_policy(turn, chat), pool, chat, tasks, max_tokens)
 
 
 def simple_action(goal: str, axtree: str) -> str | None:

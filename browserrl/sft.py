@@ -28,22 +28,9 @@ from browserrl.config import task_configs
 from browserrl.lm_head import compact_lm_head
 from browserrl.modeling import load_policy, lora_config
 from browserrl.pool import EnvPool
-from browserrl.prompts import target_turn
-from browserrl.rollout import ChatFormat, Episode, RolloutEngine, scripted_policy
+from browserrl.rollout import ChatFormat, Episode, RolloutEngine
 
 log = logging.getLogger(__name__)
-
-
-def oracle_engine(
-    pool: EnvPool, chat: ChatFormat, tasks: dict[str, DictConfig], max_tokens: int | None
-) -> RolloutEngine:
-    """The rollout engine with the scripted oracle playing the turns."""
-
-    def act(obs: Any) -> str | None:  # the turn as the task's prompt teaches it (prompts.target_turn)
-        action = oracle.act(obs)
-        return action and target_turn(action, obs.axtree_txt or "", tasks[obs.metadata["task_name"]])
-
-    return RolloutEngine(scripted_policy(act, chat), pool, chat, tasks, max_tokens)
 
 
 def collect_demonstrations(engine: RolloutEngine, instances: Sequence[tuple[str, int]]) -> list[Episode]:
@@ -120,7 +107,7 @@ def warm_up(cfg: DictConfig, pool: EnvPool, out_dir: Path, max_tokens: int | Non
     episode's completion as in GRPO (trainer.max_completion_length)."""
     model, tokenizer = load_policy(cfg.model)
     chat = ChatFormat(tokenizer, cfg.model.eot_token)
-    engine = oracle_engine(pool, chat, task_configs(cfg, list(cfg.sft.tasks)), max_tokens)
+    engine = oracle.demonstrator(pool, chat, task_configs(cfg, list(cfg.sft.tasks)), max_tokens)
     demos = collect_demonstrations(engine, demonstration_instances(cfg.sft))
     pool.release()  # idle sessions would take CPU from SFT; GRPO reopens them
     if not demos:

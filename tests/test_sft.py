@@ -7,12 +7,12 @@ from omegaconf import open_dict
 
 from browserrl.config import task_configs, validate
 from browserrl.modeling import load_policy
+from browserrl.oracle import demonstrator
 from browserrl.pool import EnvPool
 from browserrl.rollout import ChatFormat
 from browserrl.sft import (
     collect_demonstrations,
     demonstration_instances,
-    oracle_engine,
     start_from,
     train_sft,
 )
@@ -41,7 +41,7 @@ def test_demonstrations_train_a_loadable_checkpoint(compose_cfg, root, env_url, 
     instances = [("click-test", 1), ("click-button", 1), ("focus-text", 1), ("enter-text", 1)]
     pool = EnvPool(lambda: env_url, size=4)
     try:
-        engine = oracle_engine(pool, chat, task_configs(cfg, [t for t, _ in instances]), None)
+        engine = demonstrator(pool, chat, task_configs(cfg, [t for t, _ in instances]), None)
         demos = collect_demonstrations(engine, instances)
     finally:
         pool.close()
