@@ -1,26 +1,50 @@
-"""TRL's GRPOTrainer, with each micro-batch cut to its own length before its forward/backward, and its LM head
-projecting only the completion's positions on CPU too (browserrl.lm_head).
+"""TRL's GRPOTrainer, computing only what a loss uses: no forward/backward for episodes with nothing to teach,
+each micro-batch cut to its own length, and an LM head projecting only the completion's positions on CPU too
+(browserrl.lm_head).
 
-TRL pads a whole generation batch (a step's episodes) to one width, prompts on the left to the longest prompt,
-completions on the right to the longest completion, and splits it into micro-batches as it is. A suite's step
-mixes one-turn episodes of a few hundred tokens with eight-turn ones of ~2k, so a micro-batch holding one
-short episode was computed at the longest one's width (two of the recipe's steps: 1.64x the tokens there
-were, docs/benchmarks.md).
+Nothing to teach: with no KL term (beta 0), no entropy bonus and no auxiliary loss, an episode whose advantage
+is 0 (its group's rewards were all equal, or an env error made it unscorable) contributes exactly zero to
+the loss and its gradient. Such rows are dropped from a micro-batch where the loss type normalizes by
+constants (dapo, the default; cispo; vespo), and a micro-batch with no other row is not computed at all for
+every loss type: its loss is a zero tied to the trainable weights, so every process still takes part in the
+gradient all-reduce (DDP). browserrl.groups fills a step with groups that teach; this is what makes the
+others, at the draw cap, cost nothing.
 
-`trim_padding` drops the columns that are padding in every row of a micro-batch. The loss and its gradient
-do not change: those positions are outside the attention mask and the loss mask, and every loss type
-normalizes by mask sums or by constants (trainer.max_completion_length), never by the tensor's width
-(tests/test_grpo.py compares both against TRL's on the same micro-batch).
+Padding: TRL pads a whole generation batch (a step's episodes) to one width, prompts on the left to the
+longest prompt, completions on the right to the longest completion, and splits it into micro-batches as it
+is. A suite's step mixes one-turn episodes of a few hundred tokens with eight-turn ones of ~2k, so a
+micro-batch holding one short episode was computed at the longest one's width (two of the recipe's steps:
+1.64x the tokens there were, docs/benchmarks.md). `trim_padding` drops the columns that are padding in every
+row of a micro-batch. The loss and its gradient do not change: those positions are outside the attention
+mask and the loss mask, and every loss type normalizes by mask sums or by constants
+(trainer.max_completion_length), never by the tensor's width (tests/test_grpo.py compares both against
+TRL's on the same micro-batch).
+
+Per optimizer step the trainer logs `tokens/trained` (prompt and completion tokens it computed),
+`tokens/skipped` (rows with nothing to teach), `time/train_s` (its forwards and backwards) and
+`time/saved_s_est`: the skipped tokens and those of groups the rollout drew and dropped (`note_dropped`),
+priced at this step's seconds per trained token, an estimate of what training on them would have cost.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import trl
+from transformers import TrainerCallback
 
 from browserrl.lm_head import compact_lm_head
+
+log = logging.getLogger(__name__)
+
+#: Loss types whose normalizer is a constant of the step (num_items_in_batch): dropping rows whose loss is
+#: zero leaves the loss and its gradient unchanged. The others average over a micro-batch's rows or tokens.
+ROW_EXACT_LOSSES = ("dapo", "cispo", "vespo")
 
 #: Inputs on the prompt's axis; every other [batch, width, ...] tensor of a micro-batch whose width is the
 #: completion's (ids, masks, the sampler's, old and reference logprobs) is cut on the completion's axis.
@@ -57,14 +81,86 @@ def trim_padding(inputs: dict[str, Any], multiple: int | None = None) -> dict[st
     return trimmed
 
 
+def select_rows(inputs: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:
+    """The micro-batch's rows where `keep` is true (every [batch, ...] tensor; scalars as they are)."""
+    batch = keep.shape[0]
+    return {
+        k: v[keep] if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == batch else v
+        for k, v in inputs.items()
+    }
+
+
+def tokens_of(inputs: dict[str, Any]) -> int:
+    return int(inputs["prompt_mask"].sum() + inputs["completion_mask"].sum())
+
+
+@dataclass
+class StepTokens:
+    """One optimizer step's accounting: tokens trained, skipped (nothing to teach) and dropped by the
+    rollout (groups drawn and not handed over), and the seconds spent training."""
+
+    trained: int = 0
+    skipped: int = 0
+    dropped: int = 0
+    train_s: float = 0.0
+
+    def metrics(self) -> dict[str, float]:
+        per_token = self.train_s / self.trained if self.trained else math.nan
+        return {
+            "tokens/trained": self.trained,
+            "tokens/skipped": self.skipped,
+            "time/train_s": self.train_s,
+            "time/saved_s_est": (self.skipped + self.dropped) * per_token,
+        }
+
+
 class GRPOTrainer(trl.GRPOTrainer):
-    """trl.GRPOTrainer whose loss is computed on micro-batches without their shared padding, and whose every
-    scoring pass while training (the loss; reference and old logprobs where a config asks for them) uses an
-    LM head that projects the completion only."""
+    """trl.GRPOTrainer that computes no forward/backward for episodes with nothing to teach, computes each
+    micro-batch without its shared padding, and scores with an LM head that projects the completion only."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.step_tokens = StepTokens()
+        self.last_step = StepTokens()  # the latest finished step's (StopWhenIdle reads it)
+        self.trained_total = 0  # tokens over the whole run: 0 means the weights never moved
+
+    def note_dropped(self, tokens: int) -> None:
+        """The rollout drew groups with nothing to teach and kept them out of this step: their tokens."""
+        self.step_tokens.dropped += tokens
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
         with compact_lm_head():
             return super().train(*args, **kwargs)
+
+    def _prepare_inputs(self, inputs: Any) -> dict[str, Any]:
+        """TRL's (at a step's first micro-batch: the rollout and its scoring); a micro-batch `training_step`
+        already prepared passes through."""
+        if isinstance(inputs, dict):
+            return inputs
+        return super()._prepare_inputs(inputs)
+
+    def training_step(
+        self, model: torch.nn.Module, inputs: Any, num_items_in_batch: Any = None
+    ) -> torch.Tensor:
+        inputs = self._prepare_inputs(inputs)  # outside the clock: the rollout is not training
+        started = time.perf_counter()
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self.step_tokens.train_s += time.perf_counter() - started
+        if self._step % self.current_gradient_accumulation_steps == 0:  # TRL counts micro-batches
+            for key, value in self.step_tokens.metrics().items():
+                self._metrics["train"][key].append(value)
+            self.trained_total += self.step_tokens.trained
+            self.last_step, self.step_tokens = self.step_tokens, StepTokens()
+        return loss
+
+    def zero_loss_teaches_nothing(self) -> bool:
+        """A row with advantage 0 adds nothing to the loss or its gradient (no KL, entropy or aux term)."""
+        return (
+            self.beta == 0.0
+            and self.args.entropy_coef == 0.0
+            and not self.args.use_adaptive_entropy
+            and not self.aux_loss_enabled
+        )
 
     def compute_loss(
         self,
@@ -73,5 +169,36 @@ class GRPOTrainer(trl.GRPOTrainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        if self.model.training and self.zero_loss_teaches_nothing():
+            keep = inputs["advantages"] != 0
+            if keep.dim() > 1:  # per-token advantages (subclasses of TRL's): a row teaches if any token does
+                keep = keep.any(-1)
+            if not keep.any():
+                self.step_tokens.skipped += tokens_of(inputs)
+                return sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+            if not keep.all() and self.loss_type in ROW_EXACT_LOSSES:
+                self.step_tokens.skipped += tokens_of(select_rows(inputs, ~keep))
+                inputs = select_rows(inputs, keep)
         inputs = trim_padding(inputs, self.args.pad_to_multiple_of)
+        if self.model.training:
+            self.step_tokens.trained += tokens_of(inputs)
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+class StopWhenIdle(TrainerCallback):
+    """Ends training after `patience` optimizer steps in a row that trained no token: every group drawn up
+    to the cap was all-success (a solved run) or all-failure (nothing to follow)."""
+
+    def __init__(self, trainer: GRPOTrainer, patience: int):
+        self.trainer, self.patience, self.idle = trainer, patience, 0
+        self.stopped_at: int | None = None  # the step training ended at, when this callback ended it
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001 - HF callback signature
+        self.idle = self.idle + 1 if self.trainer.last_step.trained == 0 else 0
+        if self.patience and self.idle >= self.patience:
+            control.should_training_stop = True
+            self.stopped_at = state.global_step
+            log.warning(
+                "training stops at step %d: %d steps in a row trained nothing", state.global_step, self.idle
+            )
+        return control

@@ -62,26 +62,33 @@ def log_episodes(
     generate_s: list[float],
     env_s: list[float],
     generated_tokens: list[int],
-    rewards: list[float] | None = None,
+    rewards: list[float | None] | None = None,
+    step_metrics: list[dict[str, float]] | None = None,
     **fields: list[Any],
 ) -> list[None]:
     """A reward function that scores nothing and logs the batch's episode metrics (and, given each
-    episode's total reward, the mean reward per task: `TASK/reward`).
+    episode's total reward, the mean reward per task: `TASK/reward`), then the step's own numbers
+    (`step_metrics`: groups drawn and kept, expert episodes; browserrl.groups).
 
-    It returns None for every episode, which TRL leaves out of the reward. Each sample goes to TRL's
-    `log_metric`, which averages everything logged under a name over all processes at the next log line,
-    so the rates stay exact means over episodes under multi-process training (infra=gpu-vllm-server).
+    The metrics are the policy's: an expert's episode in a group (`expert`) is left out of them. It returns
+    None for every episode, which TRL leaves out of the reward. Each sample goes to TRL's `log_metric`, which
+    averages everything logged under a name over all processes at the next log line, so the rates stay
+    exact means over episodes under multi-process training (infra=gpu-vllm-server).
     """
     keys = ("task", "success", "steps", "invalid_actions", "truncated", "env_error")
-    episodes = [SimpleNamespace(**dict(zip(keys, row))) for row in zip(*(fields[k] for k in keys))]
-    for key, values in metric_samples(episodes).items():
+    experts = fields.get("expert") or [False] * len(prompts)
+    rows = [row for row, expert in zip(zip(*(fields[k] for k in keys)), experts) if not expert]
+    for key, values in metric_samples([SimpleNamespace(**dict(zip(keys, row))) for row in rows]).items():
         for value in values:
             log_metric(key, value)
-    for task, reward in zip(fields["task"], rewards or []):
-        log_metric(f"{task}/reward", reward)
+    for task, reward, expert in zip(fields["task"], rewards or [], experts):
+        if reward is not None and not expert:
+            log_metric(f"{task}/reward", reward)
     log_metric("time/generate_s", generate_s[0])  # the rollout's totals, the same on every row
     log_metric("time/env_s", env_s[0])
     log_metric("tokens/generated", generated_tokens[0])
+    for key, value in (step_metrics or [{}])[0].items():
+        log_metric(key, value)
     return [None] * len(prompts)
 
 
@@ -106,10 +113,7 @@ def jsonable(row: dict[str, Any]) -> dict[str, Any]:
 
 
 class JsonlLogger(TrainerCallback):
-    """Appends every trainer log (TRL's rewards + our episode metrics) to `metrics.jsonl` in the run dir.
-
-    `time/train_s` is derived here: TRL's `step_time` covers the whole optimizer step, rollout included.
-    """
+    """Appends every trainer log (TRL's rewards + our episode metrics) to `metrics.jsonl` in the run dir."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -118,9 +122,6 @@ class JsonlLogger(TrainerCallback):
         if not logs:
             return
         row = {"step": state.global_step, "time": time.time(), **jsonable(logs)}
-        if "step_time" in logs:
-            rollout = (logs.get("time/generate_s") or 0.0) + (logs.get("time/env_s") or 0.0)
-            row["time/train_s"] = max(logs["step_time"] - rollout, 0.0)
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
 
@@ -138,9 +139,12 @@ class ProgressBar(TrainerCallback):
         if self.bar is None or not logs or "reward" not in logs:
             return
         self.bar.n = state.global_step
-        self.bar.set_postfix(
-            reward=f"{logs['reward']:.3f}", success=f"{logs.get('success_rate', math.nan):.2f}"
-        )
+
+        def shown(key: str, digits: int) -> str:  # None: every episode of the step was an env error
+            value = logs.get(key)
+            return f"{math.nan if value is None else value:.{digits}f}"
+
+        self.bar.set_postfix(reward=shown("reward", 3), success=shown("success_rate", 2))
 
     def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
         if self.bar is not None:

@@ -62,6 +62,7 @@ class Episode:
     done: bool = False
     truncated: bool = False
     env_error: str | None = None
+    expert: bool = False  # played by the scripted oracle inside a GRPO group (browserrl.groups)
     observation: Any = field(default=None, repr=False)  # the last one: what a scripted policy reads
 
     def extend(self, ids: Sequence[int], logprobs: Sequence[float] | None, from_model: bool) -> None:
@@ -296,9 +297,10 @@ class RolloutEngine:
         episode.messages.append({"role": "user", "content": user_text})
 
 
-def trainer_output(batch: RolloutBatch) -> dict[str, list[Any]]:
+def trainer_output(batch: RolloutBatch, step_metrics: dict[str, float] | None = None) -> dict[str, list[Any]]:
     """rollout_func's return value: one sequence per episode, plus fields the reward functions read (TRL
-    gives each episode its entry of a list, and a scalar, the batch's timings, to every episode)."""
+    gives each episode its entry of a list, and a scalar, the batch's timings and `step_metrics`, to every
+    episode)."""
     eps = batch.episodes
     return {
         "prompt_ids": [e.prompt_ids for e in eps],
@@ -313,7 +315,9 @@ def trainer_output(batch: RolloutBatch) -> dict[str, list[Any]]:
         "valid_action_rate": [1 - e.invalid_actions / e.steps if e.steps else 0.0 for e in eps],
         "truncated": [e.truncated for e in eps],
         "env_error": [e.env_error is not None for e in eps],
+        "expert": [e.expert for e in eps],
         "generate_s": batch.generate_s,
         "env_s": batch.env_s,
-        "generated_tokens": sum(sum(e.env_mask) for e in eps),
+        "generated_tokens": sum(sum(e.env_mask) for e in eps if not e.expert),
+        "step_metrics": step_metrics or {},
     }

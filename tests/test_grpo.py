@@ -4,6 +4,7 @@ gradient on fewer columns."""
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import pytest
 import torch
@@ -30,6 +31,16 @@ def padded_batch(prompts: list[list[int]], completions: list[list[int]], env: li
         "advantages": torch.tensor([1.0, -1.0, 0.5][: len(prompts)]),
         "num_items_in_batch": torch.tensor(sum(map(sum, env))),
     }
+
+
+def three_episodes(tokenizer: Any) -> dict[str, torch.Tensor]:
+    """Three episodes of unequal prompt and completion lengths, the first with env tokens inside."""
+    ids = torch.randint(3, tokenizer.vocab_size, (40,)).tolist()
+    return padded_batch(
+        [ids[:9], ids[9:12], ids[12:18]],
+        [ids[18:36], ids[36:39], ids[20:28]],
+        [[1] * 4 + [0] * 10 + [1] * 4, [1, 1, 1], [1, 1, 0, 0, 0, 1, 1, 1]],
+    )
 
 
 def rows(batch: dict, i: int) -> dict:
@@ -61,12 +72,7 @@ def test_trimmed_loss_and_gradient_match_trl(arch, tmp_path):
         model, tokenizer, tmp_path, per_device_train_batch_size=1, gradient_accumulation_steps=3,
         num_generations=3, bf16=False,
     )  # fmt: skip
-    ids = torch.randint(3, tokenizer.vocab_size, (40,)).tolist()
-    batch = padded_batch(
-        [ids[:9], ids[9:12], ids[12:18]],
-        [ids[18:36], ids[36:39], ids[20:28]],
-        [[1] * 4 + [0] * 10 + [1] * 4, [1, 1, 1], [1, 1, 0, 0, 0, 1, 1, 1]],
-    )
+    batch = three_episodes(tokenizer)
     params = [p for p in trainer.model.parameters() if p.requires_grad]
     for i in range(3):
         micro = rows(batch, i)
@@ -84,3 +90,128 @@ def test_trimmed_loss_and_gradient_match_trl(arch, tmp_path):
         assert losses[1] != 0
         torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+
+
+def tiny_policy(arch: str = "llama"):
+    torch.manual_seed(0)
+    return load_policy(OmegaConf.create({"source": "tiny", "arch": arch, "seed": 0, "dtype": "float32"}))
+
+
+def forward_counter(model: torch.nn.Module) -> list[int]:
+    """Rows the model's forward passes see (a pre-hook on the model)."""
+    rows: list[int] = []
+    model.register_forward_pre_hook(
+        lambda m, args, kwargs: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    return rows
+
+
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo"])
+def test_rows_with_nothing_to_teach_cost_no_forward_and_change_nothing(loss_type, tmp_path):
+    """A micro-batch whose rows all have advantage 0 runs no forward and gives a zero gradient; in a mixed
+    micro-batch, dapo's loss (normalized by the step's token count) drops those rows and keeps TRL's loss
+    and gradient exactly; grpo's (a mean over rows) computes them all."""
+    model, tokenizer = tiny_policy()
+    trainer = scoring_trainer(
+        model, tokenizer, tmp_path, per_device_train_batch_size=3, num_generations=3, bf16=False,
+        loss_type=loss_type,
+    )  # fmt: skip
+    batch = three_episodes(tokenizer)
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1  # set by the training loop
+    rows = forward_counter(trainer.model)
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+
+    idle = dict(batch, advantages=torch.zeros(3))
+    loss = GRPOTrainer.compute_loss(trainer, trainer.model, idle)
+    loss.backward()
+    assert rows == [] and loss.item() == 0.0
+    assert all(p.grad is not None and not p.grad.any() for p in params)  # every weight joins the all-reduce
+    assert trainer.step_tokens.skipped == int(batch["prompt_mask"].sum() + batch["completion_mask"].sum())
+
+    mixed = dict(batch, advantages=torch.tensor([1.0, 0.0, -0.5]))
+    grads, losses = [], []
+    for compute_loss in (trl.GRPOTrainer.compute_loss, GRPOTrainer.compute_loss):
+        trainer.model.zero_grad()
+        loss = compute_loss(trainer, trainer.model, mixed)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in params]))
+    assert rows[-1] == (2 if loss_type == "dapo" else 3)
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-7)
+
+
+def scripted_group(tokenizer, expert_last: bool) -> dict:
+    """rollout_func output for one group of 4: three failed policy episodes and, last, the expert's solved
+    one (or a fourth failure). Each: a prompt, a model turn, an observation, a model turn."""
+    from browserrl.rollout import Episode, RolloutBatch, trainer_output
+
+    episodes = []
+    for k in range(4):
+        e = Episode("click-test", 7, max_steps=2, prompt_ids=[5, 6, 7, 8], steps=2)
+        e.extend([10 + k, 11], [-1.0, -1.0], from_model=True)
+        e.extend([20, 21, 22], None, from_model=False)
+        e.extend([12, 13], [-1.0, -1.0], from_model=True)
+        if k == 3 and expert_last:
+            e.expert, e.success = True, True
+            e.logprobs = [float("nan") if m else 0.0 for m in e.env_mask]
+        episodes.append(e)
+    return trainer_output(RolloutBatch(episodes))
+
+
+def test_an_expert_in_a_failed_group_gets_a_positive_advantage_on_its_model_turns(tmp_path):
+    """TRL scores the group: the expert's advantage is positive, the failures' negative, and the loss mask
+    is the env_mask (the expert's actions train, the page's tokens do not); on CPU its ratio is 1, so its
+    gradient is the advantage times grad log pi of its actions (the loss does not clip it)."""
+    from browserrl import rewards
+
+    model, tokenizer = tiny_policy()
+    funcs, weights = rewards.select({"success": 1.0})
+    args = trl.GRPOConfig(
+        output_dir=str(tmp_path), max_steps=1, use_cpu=True, report_to=[], beta=0.0, bf16=False,
+        per_device_train_batch_size=4, num_generations=4, reward_weights=weights,
+    )  # fmt: skip
+    from datasets import Dataset
+
+    trainer = GRPOTrainer(
+        model=model, reward_funcs=funcs, args=args, processing_class=tokenizer,
+        train_dataset=Dataset.from_dict({"prompt": ["slot"] * 4}),
+        rollout_func=lambda prompts, trainer: scripted_group(tokenizer, expert_last=True),
+    )  # fmt: skip
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1  # set by the training loop
+    scored = trainer._generate_and_score_completions([{"prompt": "slot"} for _ in range(4)])
+    advantages = scored["advantages"]
+    assert advantages[3] > 0 and (advantages[:3] < 0).all()
+    env_mask = scripted_group(tokenizer, True)["env_mask"][3]
+    loss_mask = (scored["completion_mask"] * scored["tool_mask"])[3]
+    assert loss_mask.tolist() == env_mask == [1, 1, 0, 0, 0, 1, 1]
+    assert "old_per_token_logps" not in scored  # on-policy on CPU: the ratio is pi / pi.detach() = 1
+
+    expert_only = {k: v[3:] if isinstance(v, torch.Tensor) and v.dim() else v for k, v in scored.items()}
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    loss = GRPOTrainer.compute_loss(trainer, trainer.model, expert_only)
+    loss.backward()
+    assert loss.item() < 0 and any(p.grad.any() for p in params)  # -A x (ratio 1) per token: it teaches
+    assert trainer._metrics["train"]["clip_ratio/region_mean"][-1] == 0.0  # nothing clipped
+
+
+def test_training_stops_after_steps_that_train_nothing():
+    """A solved run (every group all-success, up to the draw cap) stops drawing after `patience` steps."""
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl
+
+    from browserrl.grpo import StepTokens, StopWhenIdle
+
+    trainer = SimpleNamespace(last_step=StepTokens())
+    stop, control = StopWhenIdle(trainer, patience=2), TrainerControl()
+    for step, trained in enumerate([100, 0, 50, 0, 0], start=1):
+        trainer.last_step = StepTokens(trained=trained)
+        stop.on_step_end(None, SimpleNamespace(global_step=step), control)
+        assert control.should_training_stop == (step == 5)
+    assert stop.stopped_at == 5
+    never = StopWhenIdle(trainer, patience=0)
+    never.on_step_end(None, SimpleNamespace(global_step=6), TrainerControl())
+    assert never.stopped_at is None
