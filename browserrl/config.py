@@ -13,6 +13,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from trl import GRPOConfig, SFTConfig
 
 from browserrl import rewards
+from browserrl.curriculum import MODES
 from browserrl.env.actions import fits_type, resolve_allowed
 from browserrl.env.launcher import EnvSetupError, check_env_url, preflight
 from browserrl.env.models import MAX_OBSERVATION_DELAY
@@ -30,11 +31,13 @@ class ConfigError(ValueError):
 
 
 def task_config(cfg: DictConfig, name: str) -> DictConfig:
-    """One task's settings: `task`'s, with the task's own entry in `tasks` on top (a suite's episode caps,
-    a conf/task file pulled in by a suite's defaults list), under that task's name."""
-    if name == cfg.task.name and name not in cfg.get("tasks", {}):
+    """One task's settings: `task`'s, with the task's own entry on top (a suite's episode caps, a conf/task
+    file pulled in by a suite's defaults list), under that task's name. The entry is the suite's (`tasks`),
+    else the transfer suite's (`transfer.tasks`), whose tasks are only evaluated."""
+    entries = {**((cfg.get("transfer") or {}).get("tasks") or {}), **cfg.get("tasks", {})}
+    if name == cfg.task.name and name not in entries:
         return cfg.task
-    return OmegaConf.merge(cfg.task, cfg.get("tasks", {}).get(name, {}), {"name": name})
+    return OmegaConf.merge(cfg.task, entries.get(name, {}), {"name": name})
 
 
 def task_configs(cfg: DictConfig, names: list[str] | None = None) -> dict[str, DictConfig]:
@@ -71,15 +74,20 @@ def check_delay(key: str, seconds: Any) -> None:
 
 
 def check_tasks(cfg: DictConfig) -> None:
-    """The run's task, every suite task and every per-task entry: known to MiniWoB++, sane settings."""
+    """The run's task, every suite and transfer task and every per-task entry: known to MiniWoB++, sane
+    settings."""
     check_task("task", cfg.task)
     if not cfg.suite.tasks:
         raise ConfigError("suite.tasks", "lists no task")
-    for name in cfg.suite.tasks:
-        try:
-            canonical_task(name)
-        except ValueError as exc:
-            raise ConfigError("suite.tasks", str(exc)) from exc
+    transfer = list(cfg.transfer.suite.tasks) if cfg.get("transfer") else []
+    for key, names in (("suite.tasks", cfg.suite.tasks), ("transfer.suite.tasks", transfer)):
+        for name in names:
+            try:
+                canonical_task(name)
+            except ValueError as exc:
+                raise ConfigError(key, str(exc)) from exc
+    for name in (cfg.transfer.get("tasks") or {}) if transfer else {}:
+        check_task(f"transfer.tasks.{name}", task_config(cfg, name))
     for name, task in cfg.get("tasks", {}).items():
         if task.get("name", name) != name:
             raise ConfigError(f"tasks.{name}.name", f"must be {name!r} (the key), got {task.name!r}")
@@ -166,6 +174,36 @@ def check_sft(cfg: DictConfig) -> None:
     check_fields("sft.trainer", OmegaConf.to_container(cfg.sft.trainer, resolve=True), SFTConfig)
 
 
+def check_grpo(cfg: DictConfig, args: GRPOConfig) -> None:
+    """How a step draws its groups (browserrl.groups): sane numbers, an oracle for the expert, and whole
+    groups on every process (the collector plays groups; TRL groups rewards by num_generations)."""
+    g = cfg.grpo
+    for key in ("dynamic_sampling", "expert"):
+        if not isinstance(g[key], bool):
+            raise ConfigError(f"grpo.{key}", f"must be true or false, got {g[key]!r}")
+    if not fits_type(g.max_draws_per_group, float) or g.max_draws_per_group < 1:
+        raise ConfigError("grpo.max_draws_per_group", f"must be a number >= 1, got {g.max_draws_per_group!r}")
+    if g.task_sampling not in MODES:
+        raise ConfigError("grpo.task_sampling", f"must be one of {', '.join(MODES)}, got {g.task_sampling!r}")
+    _positive_int("grpo.sampling_window", g.sampling_window)
+    if not fits_type(g.sampling_floor, float) or not 0 < g.sampling_floor <= 0.25:
+        raise ConfigError("grpo.sampling_floor", f"must be in (0, 0.25], got {g.sampling_floor!r}")
+    _positive_int("grpo.stop_after_idle_steps", g.stop_after_idle_steps, minimum=0)
+    if g.expert:
+        missing = [t for t in cfg.suite.tasks if t not in ORACLE_TASKS]
+        if missing:
+            raise ConfigError(
+                "grpo.expert", f"no scripted oracle for {missing}; there is one for {ORACLE_TASKS}"
+            )
+    per_process = args.per_device_train_batch_size * args.steps_per_generation
+    if per_process % args.num_generations:
+        raise ConfigError(
+            "trainer.num_generations",
+            f"a process plays whole groups: per_device_train_batch_size x steps_per_generation "
+            f"({per_process}) must be a multiple of num_generations ({args.num_generations})",
+        )
+
+
 def check_env(cfg: DictConfig) -> None:
     _positive_int("env.sessions", cfg.env.sessions)
     _positive_int("eval.sessions", cfg.eval.sessions)  # after env.sessions: by default, the same value
@@ -242,6 +280,7 @@ def validate(
     except ValueError as exc:
         raise ConfigError("rewards", str(exc)) from exc
     args = grpo_config(cfg, output_dir, report_to or [])
+    check_grpo(cfg, args)
     check_model(cfg)
     check_env(cfg)
     return args

@@ -120,13 +120,20 @@ def eval_sessions(pool: EnvPool, cfg: DictConfig) -> Iterator[EnvPool]:
 
 
 def heldout_report(
-    engine: RolloutEngine, cfg: DictConfig, prefix: str, cache: bool = False
+    engine: RolloutEngine,
+    cfg: DictConfig,
+    prefix: str,
+    cache: bool = False,
+    tasks: Sequence[str] | None = None,
+    out_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """`{prefix}/success_rate`, per task `{prefix}/TASK/success_rate`, ... over the suite's tasks on the
-    held-out seeds, sampled at the training temperature; `{prefix}/greedy_*` if enabled; played on
-    `eval.sessions` sessions. With `cache` (the base model: it is the same for every run of a sweep) the
-    result is read from `cached` when it exists."""
-    seeds, tasks = heldout_seeds(cfg), list(cfg.suite.tasks)
+    """`{prefix}/success_rate`, per task `{prefix}/TASK/success_rate`, ... over `tasks` (default: the
+    suite's) on the held-out seeds, sampled at the training temperature; `{prefix}/greedy_*` if enabled;
+    played on `eval.sessions` sessions. With `cache` (the base model: it is the same for every run of a
+    sweep) the result is read from `cached` when it exists. With `out_dir`, each episode's outcome goes to
+    out_dir/heldout/PREFIX-DECODING.json ([task, seed, success] rows): what a comparison of two policies on
+    the same seeds pairs (browserrl.analysis.paired_difference)."""
+    seeds, tasks = heldout_seeds(cfg), list(tasks or cfg.suite.tasks)
     report = {}
     with eval_sessions(engine.pool, cfg):  # both decodings on the same sessions (opened at first use)
         for decoding in ("sampled", "greedy") if cfg.eval.greedy else ("sampled",):
@@ -135,11 +142,17 @@ def heldout_report(
                 instances = [(task, s) for task in tasks for s in seeds]
                 progress = f"held-out {prefix}, {decoding}"
                 episodes = play_seeded(engine, instances, decoding == "greedy", progress)
-                return jsonable(episode_metrics(episodes))
+                outcomes = [[e.task, e.seed, e.success] for e in episodes]
+                return {"metrics": jsonable(episode_metrics(episodes)), "outcomes": outcomes}
 
-            metrics = cached(eval_key(cfg, prefix, decoding, tasks, seeds, "report"), compute, cache)
+            result = cached(eval_key(cfg, prefix, decoding, tasks, seeds, "outcomes"), compute, cache)
+            metrics = result["metrics"]
             tag = "" if decoding == "sampled" else "greedy_"
             report |= {f"{prefix}/{tag}{k}": v for k, v in metrics.items()}
+            if out_dir is not None:
+                path = out_dir / "heldout" / f"{prefix.replace('/', '-')}-{decoding}.json"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(result["outcomes"]) + "\n")
             log.info(
                 "held-out %s, %s: success %.3f over %d episodes (%s; %d seeds each)",
                 prefix,

@@ -7,11 +7,13 @@ summary.json (held-out success before and after training, wall time).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -20,26 +22,22 @@ from datasets import Dataset
 from omegaconf import DictConfig, OmegaConf
 from transformers import PrinterCallback, set_seed
 
-from browserrl import rewards
+from browserrl import oracle, rewards
 from browserrl.analysis import peak_memory_mb, reset_peak_memory
 from browserrl.config import task_configs, validate
+from browserrl.curriculum import SamplerCheckpoint, TaskSampler
 from browserrl.evaluate import PeriodicEval, heldout_report
 from browserrl.generation import HFGenerator, SamplingParams, VLLMGenerator
-from browserrl.grpo import GRPOTrainer
+from browserrl.groups import GroupCollector
+from browserrl.grpo import GRPOTrainer, StopWhenIdle
 from browserrl.metrics import JsonlLogger, ProgressBar, jsonable
 from browserrl.modeling import count_parameters, load_policy, lora_config
 from browserrl.pool import env_pool
-from browserrl.rollout import (
-    ChatFormat,
-    RolloutEngine,
-    instance_prompt,
-    model_policy,
-    parse_instance,
-    trainer_output,
-)
+from browserrl.rollout import ChatFormat, RolloutEngine, model_policy, trainer_output
 from browserrl.sft import start_from, warm_up
 
 log = logging.getLogger(__name__)
+GROUP_SLOT = "a group of one (task, seed) instance, drawn by the task sampler"
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is experimental in TRL: we know
 
 
@@ -73,26 +71,41 @@ def _read(path: Path) -> str:
 
 
 def make_rollout_func(
-    engine: RolloutEngine, sampling: SamplingParams, hf_generator: Callable[[Any], HFGenerator]
+    collector: GroupCollector, sampling: SamplingParams, hf_generator: Callable[[Any], HFGenerator]
 ) -> Callable[[list[str], GRPOTrainer], dict]:
-    """TRL calls this with the prompts of one generation batch, each repeated num_generations times in a
-    row: one episode per prompt, so a group's episodes play the same (task, seed) page."""
+    """TRL calls this with one generation batch of prompts, `num_generations` per group: the collector plays
+    that many groups on the current policy, each of one (task, seed) instance its task sampler draws, and
+    hands over groups that teach (browserrl.groups); the prompts themselves carry nothing."""
 
     def rollout_func(prompts: list[str], trainer: GRPOTrainer) -> dict[str, Any]:
         if trainer.args.use_vllm:
-            generator = VLLMGenerator.from_trainer(trainer, engine.chat.eot_id, sampling)
+            generator = VLLMGenerator.from_trainer(trainer, collector.engine.chat.eot_id, sampling)
         else:
             generator = hf_generator(trainer.accelerator.unwrap_model(trainer.model))
-        engine.policy = model_policy(generator)
-        return trainer_output(engine.play([parse_instance(p) for p in prompts]))
+        collector.engine.policy = model_policy(generator)
+        step = collector.collect(len(prompts) // trainer.num_generations)
+        trainer.note_dropped(step.tokens_dropped)
+        return trainer_output(step.batch(), step.metrics())
 
     return rollout_func
 
 
-def training_instances(cfg: DictConfig) -> list[str]:
-    """The dataset: (task, seed) instances, the suite's tasks taking turns over seeds [0, train_seeds)."""
-    tasks = list(cfg.suite.tasks)
-    return [instance_prompt(tasks[seed % len(tasks)], seed) for seed in range(cfg.train_seeds)]
+def group_slots(cfg: DictConfig) -> Dataset:
+    """TRL's dataset: rows only count a step's groups. Each group's (task, seed) is drawn by the task
+    sampler when the step plays (browserrl.curriculum), from training seeds [0, train_seeds)."""
+    return Dataset.from_dict({"prompt": [GROUP_SLOT] * cfg.train_seeds})
+
+
+def evaluate(
+    engine: RolloutEngine, cfg: DictConfig, prefix: str, run_dir: Path, cache: bool = False
+) -> dict[str, Any]:
+    """Held-out success of the engine's policy on the suite (`PREFIX/*`) and, when the run names one, on
+    the transfer suite's unseen tasks (`transfer/PREFIX/*`); each episode's outcome in run_dir/heldout/."""
+    report = heldout_report(engine, cfg, prefix, cache, out_dir=run_dir)
+    if cfg.get("transfer"):
+        transfer = list(cfg.transfer.suite.tasks)
+        report |= heldout_report(engine, cfg, f"transfer/{prefix}", cache, transfer, run_dir)
+    return report
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
@@ -103,11 +116,17 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     set_seed(cfg.seed)  # the base eval samples before the trainer seeds anything
+    summary: dict[str, float] = {}
+    clock = Clock(summary)
 
     with ExitStack() as stack:
         pool = stack.enter_context(env_pool(cfg))
+        demonstrations = 0
         if cfg.sft.enabled:  # scripted-oracle SFT warm-up; GRPO then starts from its checkpoint
-            start_from(cfg, warm_up(cfg, pool, run_dir / "sft", args.max_completion_length))
+            with clock("time/sft_s"):
+                sft_final = warm_up(cfg, pool, run_dir / "sft", args.max_completion_length)
+            demonstrations = json.loads((sft_final.parent / "sft_summary.json").read_text())["demonstrations"]
+            start_from(cfg, sft_final)
             OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
         model, tokenizer = load_policy(cfg.model)
         chat = ChatFormat(tokenizer, cfg.model.eot_token)
@@ -119,41 +138,81 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                 policy, tokenizer.pad_token_id, chat.eot_id, sampling, args.bf16, cfg.infra.reuse_kv_cache
             )
 
-        policy = model_policy(hf_generator(model))
-        engine = RolloutEngine(policy, pool, chat, task_configs(cfg), args.max_completion_length)
+        tasks = task_configs(
+            cfg, [*cfg.suite.tasks, *(cfg.transfer.suite.tasks if cfg.get("transfer") else [])]
+        )
+        engine = RolloutEngine(
+            model_policy(hf_generator(model)), pool, chat, tasks, args.max_completion_length
+        )
         wandb_run = start_wandb(cfg, run_dir)
         if wandb_run is not None:
             stack.callback(wandb_run.finish)
 
-        summary: dict[str, float] = {}
+        start = "sft" if cfg.sft.enabled else "base"  # the policy GRPO starts from
         if cfg.eval.before:
-            summary |= heldout_report(engine, cfg, "base", cache=True)  # the same for every run of a sweep
+            with clock("time/eval_s"):  # the base model's is the same for every run of a sweep: cached
+                summary |= evaluate(engine, cfg, start, run_dir, cache=not cfg.sft.enabled)
 
         reward_funcs, _ = rewards.select(dict(cfg.rewards))  # their weights are in args
+        g = cfg.grpo
+        rank = int(os.environ.get("RANK", 0))  # each process draws its own instances
+        sampler = TaskSampler(
+            cfg.suite.tasks,
+            cfg.train_seeds,
+            g.task_sampling,
+            g.sampling_window,
+            g.sampling_floor,
+            cfg.seed + rank,
+        )
+        expert = oracle.demonstrator(pool, chat, tasks, args.max_completion_length) if g.expert else None
+        collector = GroupCollector(
+            engine, sampler, rewards.scorer(dict(cfg.rewards)), args.num_generations, g.dynamic_sampling,
+            g.max_draws_per_group, expert,
+        )  # fmt: skip
         trainer = GRPOTrainer(
             model=model,
             reward_funcs=reward_funcs,
             args=args,
-            train_dataset=Dataset.from_dict({"prompt": training_instances(cfg)}),
+            train_dataset=group_slots(cfg),
             processing_class=tokenizer,
             peft_config=lora_config(cfg),
-            rollout_func=make_rollout_func(engine, sampling, hf_generator),
+            rollout_func=make_rollout_func(collector, sampling, hf_generator),
         )
         trainer.remove_callback(PrinterCallback)  # the progress bar and metrics.jsonl replace its raw dicts
         trainer.add_callback(JsonlLogger(run_dir / "metrics.jsonl"))
         trainer.add_callback(ProgressBar())
         trainer.add_callback(PeriodicEval(engine, cfg, trainer))  # eval/* every eval.every_steps
+        checkpoint = SamplerCheckpoint(sampler, rank)
+        checkpoint.resume(args.resume_from_checkpoint)
+        trainer.add_callback(checkpoint)
+        stop = StopWhenIdle(trainer, g.stop_after_idle_steps)
+        trainer.add_callback(stop)
         summary |= count_parameters(trainer.model)
-        trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+        with clock("time/grpo_s"):
+            trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+        summary |= {
+            "grpo/steps": trainer.state.global_step,
+            "grpo/stopped_idle_at": stop.stopped_at,
+            "tokens/trained": trainer.trained_total,
+            "demonstrations/sft": demonstrations,
+            "demonstrations/expert": collector.expert_total,
+            "demonstrations": demonstrations + collector.expert_total,
+        }
 
         final = run_dir / "final"
         trainer.save_model(str(final))  # LoRA: the adapter; full: the model (with the tokenizer either way)
         tokenizer.save_pretrained(final)
         OmegaConf.save(cfg, final / "config.yaml", resolve=True)
 
-        if cfg.eval.after:
+        if cfg.eval.after and trainer.trained_total == 0 and cfg.eval.before:
+            log.warning(
+                "GRPO trained no token: the final policy is the %s policy; eval/* repeats %s/*", start, start
+            )
+            summary |= repeat_start(summary, run_dir, start)
+        elif cfg.eval.after:
             engine.policy = model_policy(hf_generator(trainer.accelerator.unwrap_model(trainer.model)))
-            summary |= heldout_report(engine, cfg, "eval")
+            with clock("time/eval_s"):
+                summary |= evaluate(engine, cfg, "eval", run_dir)
         summary |= peak_memory_mb()
         summary["wall_time_s"] = time.time() - started
         (run_dir / "summary.json").write_text(json.dumps(jsonable(summary), indent=2) + "\n")
@@ -165,3 +224,31 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             {k: round(v, 3) for k, v in summary.items() if k.endswith("/success_rate") and k.count("/") == 1},
         )
         return summary
+
+
+def repeat_start(summary: dict[str, Any], run_dir: Path, start: str) -> dict[str, Any]:
+    """The start policy's held-out results as eval/* (and its episode outcomes as eval-*), for a run whose
+    GRPO trained no token: its final policy is the one it started from."""
+    renamed = {}
+    for key, value in summary.items():
+        for head in (f"{start}/", f"transfer/{start}/"):
+            if key.startswith(head):
+                renamed[head.replace(start, "eval", 1) + key[len(head) :]] = value
+    for path in (run_dir / "heldout").glob(f"*{start}-*.json"):
+        shutil.copy(path, path.with_name(path.name.replace(f"{start}-", "eval-", 1)))
+    return renamed
+
+
+class Clock:
+    """Adds the seconds a block takes to `summary[key]` (a run's phases: SFT, GRPO, evaluation)."""
+
+    def __init__(self, summary: dict[str, float]):
+        self.summary = summary
+
+    @contextlib.contextmanager
+    def __call__(self, key: str) -> Iterator[None]:
+        started = time.time()
+        try:
+            yield
+        finally:
+            self.summary[key] = self.summary.get(key, 0.0) + time.time() - started

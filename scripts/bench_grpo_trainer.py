@@ -15,10 +15,10 @@ to its own length (browserrl.grpo.trim_padding); `browserrl`, that and the compa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
-import random
 import shutil
 import statistics
 import tempfile
@@ -32,14 +32,20 @@ from omegaconf import DictConfig
 from transformers import PrinterCallback, TrainerCallback
 from trl import GRPOConfig
 
-from browserrl import grpo, rewards
+from browserrl import grpo, oracle, rewards
 from browserrl.compose import compose
 from browserrl.config import task_configs, validate
+from browserrl.curriculum import TaskSampler
 from browserrl.modeling import load_policy, load_tokenizer, lora_config, resolve_model_path
 from browserrl.pool import env_pool
-from browserrl.rollout import ChatFormat, Episode, RolloutBatch, parse_instance, trainer_output
-from browserrl.sft import oracle_engine
-from browserrl.train import training_instances
+from browserrl.rollout import (
+    ChatFormat,
+    Episode,
+    RolloutBatch,
+    instance_prompt,
+    parse_instance,
+    trainer_output,
+)
 
 
 class OwnWidth(grpo.GRPOTrainer):
@@ -73,7 +79,7 @@ def record(cfg: DictConfig, prompts: list[str], max_tokens: int) -> dict[str, Ep
     chat = ChatFormat(load_tokenizer(resolve_model_path(cfg.model)), cfg.model.eot_token)
     distinct = sorted(set(prompts))
     with env_pool(cfg) as pool:
-        engine = oracle_engine(pool, chat, task_configs(cfg), max_tokens)
+        engine = oracle.demonstrator(pool, chat, task_configs(cfg), max_tokens)
         episodes = engine.play([parse_instance(p) for p in distinct], progress="oracle").episodes
     return dict(zip(distinct, episodes))
 
@@ -88,7 +94,10 @@ def train(
     tokens: list[dict[str, Any]] = []
 
     def replay(step: list[str], _: Any) -> dict[str, Any]:
-        eps = [episodes[p] for p in step]
+        # Every other episode scored as a failure: each group has a reward spread, so every episode carries
+        # an advantage and costs the backward it would in a step of groups that teach (browserrl/grpo.py
+        # skips zero-advantage micro-batches, which all-success oracle replays would otherwise be).
+        eps = [dataclasses.replace(episodes[p], success=i % 2 == 0) for i, p in enumerate(step)]
         width = max(len(e.prompt_ids) for e in eps) + max(len(e.completion_ids) for e in eps)
         real = sum(len(e.prompt_ids) + len(e.completion_ids) for e in eps)
         groups = [json.loads(p)["task"] for p in dict.fromkeys(step)]
@@ -128,7 +137,8 @@ def main() -> None:
     out = tempfile.mkdtemp(prefix="bench-grpo-trainer-")
     args = validate(cfg, out)
     groups = args.per_device_train_batch_size * args.gradient_accumulation_steps // args.num_generations
-    prompts = random.Random(cfg.seed).sample(training_instances(cfg), groups * opts.steps)
+    drawn = TaskSampler(cfg.suite.tasks, cfg.train_seeds, seed=cfg.seed).draw(groups * opts.steps)
+    prompts = [instance_prompt(task, seed) for task, seed in drawn]
     episodes = record(cfg, prompts, args.max_completion_length)
 
     report: dict[str, Any] = {

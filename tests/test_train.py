@@ -31,6 +31,12 @@ METRIC_KEYS = {
     "time/env_s",
     "time/train_s",
     "rewards/success/mean",
+    "groups/drawn",
+    "groups/kept",
+    "groups/frac_reward_zero_std",
+    "expert/episodes",
+    "tokens/trained",
+    "tokens/skipped",
 }
 SUMMARY_KEYS = {
     "base/success_rate",
@@ -76,6 +82,33 @@ def test_two_step_run_writes_record_and_checkpoint_then_resumes(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert [r["step"] for r in rows(resumed_dir) if "reward" in r] == [2]  # step 1 came from the checkpoint
+
+
+def adapter_update(run_dir: Path) -> float:
+    """The largest |weight| of the run's LoRA B matrices: PEFT starts them at 0, so 0 means never trained."""
+    from safetensors.torch import load_file
+
+    weights = load_file(run_dir / "final" / "adapter_model.safetensors")
+    return max(float(w.abs().max()) for name, w in weights.items() if "lora_B" in name)
+
+
+def test_the_expert_trains_a_policy_whose_groups_all_fail(tmp_path):
+    """The tiny random model fails every click-test group. Plain GRPO on them trains no token and leaves the
+    adapter at its start; with the scripted oracle's episode in each group the weights move, and every
+    expert episode is counted as a demonstration."""
+    common = [*SMALL, "trainer.max_steps=2", "eval.before=false", "eval.after=false", "logger=none"]
+    plain, expert = tmp_path / "plain", tmp_path / "expert"
+    done = run_train(*common, f"hydra.run.dir={plain}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_train(*common, "grpo.expert=true", f"hydra.run.dir={expert}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    before, after = (json.loads((d / "summary.json").read_text()) for d in (plain, expert))
+    assert before["tokens/trained"] == 0 and adapter_update(plain) == 0.0
+    assert after["tokens/trained"] > 0 and adapter_update(expert) > 0.0
+    steps = [r for r in rows(expert) if "reward" in r]
+    assert all(r["groups/kept"] == 2 and r["expert/episodes"] == 2 for r in steps)  # 4 episodes: 2 groups
+    assert after["demonstrations/expert"] == after["demonstrations"] == 4
+    assert all(r["success_rate"] == 0 for r in steps)  # the policy's own episodes: the expert's left out
 
 
 def test_full_finetune_saves_the_model(tmp_path):

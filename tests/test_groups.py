@@ -1,0 +1,173 @@
+"""browserrl.groups and browserrl.curriculum: which groups a GRPO step plays, with scripted outcomes (no
+model, no browser)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import pytest
+
+from browserrl.curriculum import SamplerCheckpoint, TaskSampler
+from browserrl.groups import GroupCollector
+from browserrl.rewards import scorer
+from browserrl.rollout import Episode, RolloutBatch
+
+G = 4  # episodes per group
+
+
+class ScriptedEngine:
+    """RolloutEngine.play with outcomes from `solved(task, seed, index in the group)`; records the instances
+    played. Every episode is 3 prompt and 5 completion tokens, 2 of them the model's."""
+
+    def __init__(self, solved: Callable[[str, int, int], bool]):
+        self.solved, self.played = solved, []
+
+    def play(self, instances: Sequence[tuple[str, int]], greedy: bool = False) -> RolloutBatch:
+        self.played += list(instances)
+        episodes = []
+        for i, (task, seed) in enumerate(instances):
+            e = Episode(task, seed, max_steps=2, prompt_ids=[1, 2, 3], steps=1)
+            e.extend([4, 5], [-0.5, -0.5], from_model=True)
+            e.extend([6, 7, 8], None, from_model=False)
+            e.success = self.solved(task, seed, i % G)
+            episodes.append(e)
+        return RolloutBatch(episodes, generate_s=1.0, env_s=0.5)
+
+
+def collector(solved, tasks=("a", "b"), expert=None, **kwargs) -> tuple[GroupCollector, ScriptedEngine]:
+    engine = ScriptedEngine(solved)
+    sampler = TaskSampler(list(tasks), train_seeds=1000, seed=0)
+    return GroupCollector(engine, sampler, scorer({"success": 1.0}), G, expert=expert, **kwargs), engine
+
+
+def half_solved(task: str, seed: int, k: int) -> bool:
+    return k < G // 2
+
+
+def test_groups_that_teach_are_kept_and_the_others_replaced():
+    """Task a is always solved (no spread), task b half the time: the step gets its 2 groups, both of b,
+    however many a-groups the sampler drew first."""
+    col, engine = collector(lambda t, s, k: t == "a" or k < 2, max_draws_per_group=10)
+    step = col.collect(2)
+    assert [g.task for g in step.groups] == ["b", "b"] and step.kept == 2
+    drawn_a = sum(t == "a" for t, _ in engine.played) // G
+    assert step.drawn == 2 + drawn_a and step.zero_spread == drawn_a
+    assert step.tokens_dropped == drawn_a * G * 8
+    metrics = step.metrics()
+    assert metrics["groups/drawn"] == step.drawn and metrics["groups/kept"] == 2
+    assert metrics["groups/frac_reward_zero_std"] == drawn_a / step.drawn
+    assert len(step.batch().episodes) == 2 * G  # what TRL gets: whole groups, in blocks of G
+
+
+def test_the_draw_cap_ends_a_step_with_groups_that_teach_nothing():
+    """Nothing teaches: the step stops at 2 x 3 groups drawn and hands over 3 of them (all-equal rewards:
+    zero advantages, which the trainer does not compute); the others' tokens are counted as dropped."""
+    col, engine = collector(lambda t, s, k: True, max_draws_per_group=2)
+    step = col.collect(3)
+    assert step.drawn == 6 and len(engine.played) == 6 * G
+    assert len(step.groups) == 3 and step.kept == 0 and step.zero_spread == 6
+    assert step.tokens_dropped == 3 * G * 8
+    assert step.metrics()["groups/frac_reward_zero_std"] == 1.0
+
+
+def test_without_dynamic_sampling_every_drawn_group_is_the_step():
+    col, engine = collector(lambda t, s, k: True, dynamic=False)
+    step = col.collect(3)
+    assert step.drawn == 3 and len(step.groups) == 3 and step.tokens_dropped == 0
+
+
+def test_env_errors_are_not_scored_and_do_not_make_a_spread():
+    """An episode an env error ended scores None (TRL leaves it out of the baseline, advantage 0)."""
+
+    def solved(task, seed, k):
+        return False
+
+    col, engine = collector(solved, dynamic=False)
+    original = engine.play
+
+    def play(instances, greedy=False):
+        batch = original(instances, greedy)
+        batch.episodes[0].env_error = "reset: server gone"
+        return batch
+
+    engine.play = play
+    group = col.collect(1).groups[0]
+    assert group.rewards == [None, 0.0, 0.0, 0.0] and not group.teaches
+
+
+class ScriptedExpert:
+    """The oracle engine: solves every page it plays unless told otherwise."""
+
+    def __init__(self, solves: bool = True):
+        self.solves, self.played = solves, []
+
+    def play(self, instances: Sequence[tuple[str, int]], greedy: bool = False) -> RolloutBatch:
+        self.played += list(instances)
+        episodes = []
+        for task, seed in instances:
+            e = Episode(task, seed, max_steps=2, prompt_ids=[1, 2, 3], steps=1, success=self.solves)
+            e.extend([9, 9], [0.0, 0.0], from_model=True)
+            episodes.append(e)
+        return RolloutBatch(episodes, env_s=0.25)
+
+
+def test_an_expert_episode_makes_an_all_failure_group_teach():
+    expert = ScriptedExpert()
+    col, _ = collector(lambda t, s, k: False, expert=expert)
+    step = col.collect(2)
+    assert step.kept == 2 and step.expert_episodes == 2 == col.expert_total
+    for group in step.groups:
+        shown = group.episodes[-1]
+        assert shown.expert and (shown.task, shown.seed) == (group.task, group.episodes[0].seed)
+        assert group.rewards == [0.0, 0.0, 0.0, 1.0]
+        # its model turns: no sampler logprob (NaN: TRL applies no importance correction to them)
+        assert all(math.isnan(lp) for lp, m in zip(shown.logprobs, shown.env_mask) if m)
+    assert step.zero_spread == 2  # before the expert: both groups were all failures
+    assert step.metrics()["expert/episodes"] == 2
+
+
+def test_the_expert_joins_only_groups_of_failures_and_only_when_it_solves():
+    expert = ScriptedExpert()
+    col, _ = collector(lambda t, s, k: t == "a", expert=expert, max_draws_per_group=1)
+    step = col.collect(4)
+    assert all(t == "b" for t, _ in expert.played)  # a's all-success groups get no expert
+    assert step.expert_episodes == len(expert.played)
+    failing = ScriptedExpert(solves=False)
+    col, _ = collector(lambda t, s, k: False, expert=failing, max_draws_per_group=1)
+    step = col.collect(2)
+    assert step.expert_episodes == 0 and step.kept == 0 and failing.played
+
+
+def test_the_sampler_records_the_policy_s_episodes_only():
+    col, _ = collector(lambda t, s, k: False, expert=ScriptedExpert(), tasks=("a",))
+    col.collect(1)
+    assert list(col.sampler.recent["a"]) == [0.0] * G
+
+
+def test_learning_weights_move_toward_a_task_that_starts_failing():
+    sampler = TaskSampler(["easy", "hard"], train_seeds=100, mode="learning", window=8, floor=0.02)
+    assert sampler.weights() == {"easy": 0.5, "hard": 0.5}  # neither played: p = 1/2 for both
+    sampler.record("easy", [True] * 8)
+    sampler.record("hard", [True] * 4 + [False] * 4)
+    weights = sampler.weights()
+    assert weights["hard"] > 0.9 and weights["easy"] == pytest.approx(0.02 / 0.27)
+    sampler.record("easy", [False] * 4)  # easy starts failing: its window is now half failures
+    assert sampler.weights()["easy"] == pytest.approx(0.5)
+    draws = sampler.draw(2000)
+    assert 0.4 < sum(t == "easy" for t, _ in draws) / 2000 < 0.6
+    assert all(0 <= seed < 100 for _, seed in draws)
+
+
+def test_uniform_draws_every_task_and_the_state_resumes(tmp_path):
+    sampler = TaskSampler(["a", "b", "c"], train_seeds=10**5, seed=3)
+    assert sampler.weights() == {t: pytest.approx(1 / 3) for t in "abc"}
+    sampler.record("a", [True, False])
+    saver = SamplerCheckpoint(sampler, rank=1)
+    args, state = type("A", (), {"output_dir": str(tmp_path)}), type("S", (), {"global_step": 5})
+    saver.on_save(args, state, None)
+    expected = sampler.draw(5)
+    resumed = TaskSampler(["a", "b", "c"], train_seeds=10**5, seed=99)
+    SamplerCheckpoint(resumed, rank=1).resume(tmp_path / "checkpoint-5")
+    assert resumed.draw(5) == expected and list(resumed.recent["a"]) == [1.0, 0.0]
+    SamplerCheckpoint(resumed, rank=0).resume(tmp_path / "checkpoint-5")  # no state for rank 0: as is
