@@ -36,6 +36,7 @@ class Run:
     config: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None  # its folder, for a local record (held-out outcomes live there)
 
     @property
     def tuning(self) -> str:
@@ -99,7 +100,7 @@ def load_local(sweep_dir: str | Path) -> list[Run]:
         history = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line]
         summary_file = folder / "summary.json"
         summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
-        runs.append(Run(folder.name, config, history, summary))
+        runs.append(Run(folder.name, config, history, summary, folder))
     if not runs:
         raise FileNotFoundError(f"no runs (config.yaml + metrics.jsonl) under {sweep_dir}")
     return runs

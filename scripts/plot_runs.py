@@ -5,7 +5,8 @@
 
 Writes curves.png (reward and success@N against step, mean and min-max band over seeds per tuning mode and
 rank), final_success.png, resources.png (wall time, peak memory, trainable parameters), eval_curves.png
-(when the runs evaluated during training) and summary.md into the sweep folder (or --out).
+(when the runs evaluated during training) and summary.md into the sweep folder (or --out); for the runs of
+experiments/rl_vs_sft.yaml also rl_vs_sft.png, generalization.png and rl_vs_sft.md (browserrl/comparison.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import matplotlib
 
+from browserrl import comparison
 from browserrl.analysis import load_runs, write_report
 
 matplotlib.use("Agg")  # files only, also without a display
@@ -29,8 +31,11 @@ def main() -> None:
         p.error("--out is required with a W&B source")
     out = args.out or Path(args.source)
     out.mkdir(parents=True, exist_ok=True)
-    written = write_report(load_runs(args.source), out)
+    runs = load_runs(args.source)
+    written = write_report(runs, out) | comparison.write_report(runs, out)
     print(written["table"].read_text())
+    if "rl_vs_sft_table" in written:
+        print(written["rl_vs_sft_table"].read_text())
     print("\n".join(f"{name}: {path}" for name, path in written.items()))
 
 

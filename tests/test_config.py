@@ -13,7 +13,7 @@ from browserrl.env.tasks import canonical_task
 from browserrl.oracle import ORACLES
 
 ROOT = Path(__file__).resolve().parents[1]
-GROUPS = ["task", "suite", "tuning", "model", "infra", "env", "logger", "sft"]
+GROUPS = ["task", "suite", "tuning", "model", "infra", "env", "logger", "sft", "transfer", "arm"]
 
 
 def options(group: str) -> list[str]:
@@ -23,7 +23,8 @@ def options(group: str) -> list[str]:
 @pytest.mark.parametrize(("group", "option"), [(g, o) for g in GROUPS for o in options(g)])
 def test_every_group_option_composes(compose_cfg, group, option):
     extra = {"task/miniwob": ["task.name=click-dialog"], "env/remote": ["env.url=http://127.0.0.1:1"]}
-    cfg = compose_cfg(f"{group}={option}", *extra.get(f"{group}/{option}", []))
+    added = "+" if group == "arm" else ""  # experiments/rl_vs_sft.yaml's own group: not in train.yaml
+    cfg = compose_cfg(f"{added}{group}={option}", *extra.get(f"{group}/{option}", []))
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert resolved[group if group in resolved else "trainer"]  # the group landed somewhere real
     assert resolved["run_name"]
@@ -147,6 +148,14 @@ def test_trainer_block_reaches_grpo_config(compose_cfg):
         (["env.sessions=0"], "env.sessions"),
         (["eval.sessions=0"], "eval.sessions"),
         (["model.source=cloud"], "model.source"),
+        (["grpo.dynamic_sampling=maybe"], "grpo.dynamic_sampling"),
+        (["grpo.max_draws_per_group=0.5"], "grpo.max_draws_per_group"),
+        (["grpo.task_sampling=greedy"], "grpo.task_sampling"),
+        (["grpo.sampling_window=0"], "grpo.sampling_window"),
+        (["grpo.sampling_floor=0"], "grpo.sampling_floor"),
+        (["grpo.stop_after_idle_steps=-1"], "grpo.stop_after_idle_steps"),
+        (["task=miniwob", "task.name=click-link", "grpo.expert=true"], "grpo.expert"),  # no oracle for it
+        (["transfer=heldout", "transfer.suite.tasks=[click-nothing]"], "transfer.suite.tasks"),
     ],
 )
 def test_bad_config_names_the_key(compose_cfg, overrides, key):

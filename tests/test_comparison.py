@@ -1,0 +1,89 @@
+"""browserrl.comparison on hand-written run records: each run's policies as points, paired differences with
+their bootstrap intervals, the study's plots and table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from browserrl import comparison
+from browserrl.analysis import Run
+
+TASKS = ("t1", "t2")
+SEEDS = range(100, 120)
+
+
+def record(
+    tmp_path: Path, name: str, seed: int, summary: dict, outcomes: dict[str, dict] | None = None
+) -> Run:
+    """A run folder with summary.json and heldout/PREFIX-DECODING.json files; outcomes[prefix] maps a task
+    to the held-out seeds it solved."""
+    folder = tmp_path / name
+    (folder / "heldout").mkdir(parents=True)
+    for prefix, solved in (outcomes or {}).items():
+        rows = [[t, s, s in solved.get(t, ())] for t in TASKS for s in SEEDS]
+        for decoding in ("sampled", "greedy"):
+            (folder / "heldout" / f"{prefix.replace('/', '-')}-{decoding}.json").write_text(json.dumps(rows))
+    config = {
+        "tuning": {"name": "lora"},
+        "lora": {"r": 16},
+        "seed": seed,
+        "grpo": {"expert": "expert" in name},
+    }
+    return Run(name, config, [], summary, folder)
+
+
+def test_each_run_gives_its_start_and_its_grpo_policy():
+    sft = {"demonstrations": 40, "demonstrations/sft": 40, "demonstrations/expert": 0, "time/sft_s": 120,
+           "time/grpo_s": 600, "sft/success_rate": 0.5, "eval/success_rate": 0.7,
+           "sft/greedy_success_rate": 0.4}  # fmt: skip
+    expert = {"demonstrations": 12, "demonstrations/sft": 0, "demonstrations/expert": 12, "time/grpo_s": 300,
+              "base/success_rate": 0.02, "eval/success_rate": 0.3}  # fmt: skip
+    found = comparison.points([Run("sft", {"seed": 0}, [], sft), Run("grpo-expert", {"seed": 0,
+                               "grpo": {"expert": True}}, [], expert)])  # fmt: skip
+    rows = [(p.arm, p.demonstrations, p.cpu_minutes, p.success()) for p in found]
+    assert rows == [
+        ("SFT only", 40, 2.0, 0.5),
+        ("SFT+GRPO", 40, 12.0, 0.7),
+        ("base", 0, 0.0, 0.02),
+        ("GRPO+expert", 12, 5.0, 0.3),  # the expert's episodes are demonstrations too
+    ]
+    assert found[0].success(greedy=True) == 0.4 and found[1].success(greedy=True) is None
+
+
+def test_paired_difference_and_its_interval():
+    """b solves 5 more of t1's 20 seeds than a, t2 the same: +0.125 over the two tasks; the interval
+    holds it and is above zero; identical outcomes give an interval of exactly zero."""
+    a = {(t, s): s < 110 for t in TASKS for s in SEEDS}
+    b = {(t, s): s < (115 if t == "t1" else 110) for t in TASKS for s in SEEDS}
+    diff = comparison.paired_difference([(a, b)])
+    assert diff.mean == pytest.approx(0.125) and diff.pairs == 40
+    assert 0 < diff.low < diff.mean < diff.high < 0.26
+    same = comparison.paired_difference([(a, a)])
+    assert (same.mean, same.low, same.high) == (0, 0, 0)
+
+
+def test_report_draws_the_study_and_pairs_by_seed(tmp_path):
+    runs = []
+    for seed in (0, 1):
+        summary = {"demonstrations/sft": 40, "demonstrations/expert": 0, "demonstrations": 40,
+                   "time/sft_s": 100, "time/grpo_s": 900, "sft/success_rate": 0.5, "eval/success_rate": 0.75,
+                   "sft/greedy_success_rate": 0.5, "eval/greedy_success_rate": 0.75,
+                   "transfer/sft/success_rate": 0.3, "transfer/eval/success_rate": 0.35}  # fmt: skip
+        solved = {
+            "sft": {t: range(100, 110) for t in TASKS},
+            "eval": {t: range(100, 115) for t in TASKS},
+            "transfer/sft": {"t1": range(100, 106)},
+            "transfer/eval": {"t1": range(100, 107)},
+        }
+        runs.append(record(tmp_path, f"sft4-s{seed}", seed, summary, solved))
+    written = comparison.write_report(runs, tmp_path)
+    assert {"rl_vs_sft", "generalization", "rl_vs_sft_table"} <= set(written)
+    table = written["rl_vs_sft_table"].read_text()
+    assert "| 40 | training suite | sampled | 0,1 | 0.250 |" in table  # 5 of 20 more, both tasks, both seeds
+    assert "| 40 | transfer | greedy | 0,1 | 0.025 |" in table
+    assert (
+        comparison.write_report([Run("plain", {"seed": 0}, [], {"eval/success_rate": 1.0})], tmp_path) == {}
+    )
