@@ -132,7 +132,7 @@ def heldout_report(
     played on `eval.sessions` sessions. With `cache` (the base model: it is the same for every run of a
     sweep) the result is read from `cached` when it exists. With `out_dir`, each episode's outcome goes to
     out_dir/heldout/PREFIX-DECODING.json ([task, seed, success] rows): what a comparison of two policies on
-    the same seeds pairs (browserrl.analysis.paired_difference)."""
+    the same seeds pairs (browserrl.comparison.paired_difference)."""
     seeds, tasks = heldout_seeds(cfg), list(tasks or cfg.suite.tasks)
     report = {}
     with eval_sessions(engine.pool, cfg):  # both decodings on the same sessions (opened at first use)

@@ -165,7 +165,13 @@ class GroupCollector:
                 continue
             episode.expert = True
             episode.logprobs = [math.nan if m else 0.0 for m in episode.env_mask]
-            group.episodes[-1] = episode
-            group.rewards = self.score(group.episodes)
+            # in place of an unscorable episode if there is one: the group keeps every scored failure
+            errors = [i for i, e in enumerate(group.episodes) if e.env_error is not None]
+            slot = errors[0] if errors else len(group.episodes) - 1
+            episodes = [*group.episodes[:slot], episode, *group.episodes[slot + 1 :]]
+            rewards = self.score(episodes)
+            if not Group(episodes, rewards).teaches:  # no scored failure left beside it
+                continue
+            group.episodes, group.rewards = episodes, rewards
             step.expert_episodes += 1
             self.expert_total += 1

@@ -2,13 +2,15 @@
 each micro-batch cut to its own length, and an LM head projecting only the completion's positions on CPU too
 (browserrl.lm_head).
 
-Nothing to teach: with no KL term (beta 0), no entropy bonus and no auxiliary loss, an episode whose advantage
-is 0 (its group's rewards were all equal, or an env error made it unscorable) contributes exactly zero to
-the loss and its gradient. Such rows are dropped from a micro-batch where the loss type normalizes by
-constants (dapo, the default; cispo; vespo), and a micro-batch with no other row is not computed at all for
-every loss type: its loss is a zero tied to the trainable weights, so every process still takes part in the
-gradient all-reduce (DDP). browserrl.groups fills a step with groups that teach; this is what makes the
-others, at the draw cap, cost nothing.
+Nothing to teach: with no KL term (beta 0), no entropy bonus, no auxiliary loss and no entropy mask, an
+episode whose advantage is 0 (its group's rewards were all equal, or an env error made it unscorable)
+contributes exactly zero to the loss and its gradient. Such rows are dropped from a micro-batch where the
+loss type normalizes by constants (dapo, the default; cispo; vespo), and a micro-batch with no other row is
+not computed at all for every loss type: its loss is a zero tied to the trainable weights. With several
+processes such a micro-batch still runs the forward of one row (a zero loss): DDP's gradient all-reduce and
+TRL's metric collectives happen there, and a process that left them out would hang the others.
+browserrl.groups fills a step with groups that teach; this is what makes the others, at the draw cap, cost
+(almost) nothing.
 
 Padding: TRL pads a whole generation batch (a step's episodes) to one width, prompts on the left to the
 longest prompt, completions on the right to the longest completion, and splits it into micro-batches as it
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 #: Loss types whose normalizer is a constant of the step (num_items_in_batch): dropping rows whose loss is
 #: zero leaves the loss and its gradient unchanged. The others average over a micro-batch's rows or tokens.
 ROW_EXACT_LOSSES = ("dapo", "cispo", "vespo")
+ZERO_ADVANTAGE = 1e-6  # |advantage| at or below this: the row has nothing to teach
 
 #: Inputs on the prompt's axis; every other [batch, width, ...] tensor of a micro-batch whose width is the
 #: completion's (ids, masks, the sampler's, old and reference logprobs) is cut on the completion's axis.
@@ -154,12 +157,14 @@ class GRPOTrainer(trl.GRPOTrainer):
         return loss
 
     def zero_loss_teaches_nothing(self) -> bool:
-        """A row with advantage 0 adds nothing to the loss or its gradient (no KL, entropy or aux term)."""
+        """A row with advantage 0 adds nothing to the loss or its gradient (no KL, entropy or aux term), and
+        leaving it out changes no other row's (an entropy mask's quantile is over all rows' tokens)."""
         return (
             self.beta == 0.0
             and self.args.entropy_coef == 0.0
             and not self.args.use_adaptive_entropy
             and not self.aux_loss_enabled
+            and self.top_entropy_quantile == 1.0
         )
 
     def compute_loss(
@@ -170,12 +175,20 @@ class GRPOTrainer(trl.GRPOTrainer):
         num_items_in_batch: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if self.model.training and self.zero_loss_teaches_nothing():
-            keep = inputs["advantages"] != 0
+            # Equal rewards that are not exact in float32 (weighted sums) leave advantages of ~1e-7, not 0.
+            keep = inputs["advantages"].abs() > ZERO_ADVANTAGE
             if keep.dim() > 1:  # per-token advantages (subclasses of TRL's): a row teaches if any token does
                 keep = keep.any(-1)
             if not keep.any():
                 self.step_tokens.skipped += tokens_of(inputs)
-                return sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+                if self.accelerator.num_processes == 1:
+                    return sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+                # Several processes: each runs the forward (DDP's gradient all-reduce and TRL's metric
+                # collectives happen in it), on one row: every advantage is 0, so is the loss.
+                first = torch.zeros_like(keep)
+                first[0] = True
+                inputs = trim_padding(select_rows(inputs, first))
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             if not keep.all() and self.loss_type in ROW_EXACT_LOSSES:
                 self.step_tokens.skipped += tokens_of(select_rows(inputs, ~keep))
                 inputs = select_rows(inputs, keep)
@@ -194,7 +207,10 @@ class StopWhenIdle(TrainerCallback):
         self.stopped_at: int | None = None  # the step training ended at, when this callback ended it
 
     def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001 - HF callback signature
-        self.idle = self.idle + 1 if self.trainer.last_step.trained == 0 else 0
+        trained, accelerator = float(self.trainer.last_step.trained), self.trainer.accelerator
+        if accelerator.num_processes > 1:  # summed over ranks: every rank stops at the same step
+            trained = accelerator.reduce(torch.tensor(trained, device=accelerator.device), "sum").item()
+        self.idle = self.idle + 1 if trained == 0 else 0
         if self.patience and self.idle >= self.patience:
             control.should_training_stop = True
             self.stopped_at = state.global_step

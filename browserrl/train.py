@@ -204,7 +204,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         tokenizer.save_pretrained(final)
         OmegaConf.save(cfg, final / "config.yaml", resolve=True)
 
-        if cfg.eval.after and trainer.trained_total == 0 and cfg.eval.before:
+        # (a resumed run counts its own steps only: its checkpoint's may have trained)
+        if (
+            cfg.eval.after
+            and trainer.trained_total == 0
+            and cfg.eval.before
+            and not args.resume_from_checkpoint
+        ):
             log.warning(
                 "GRPO trained no token: the final policy is the %s policy; eval/* repeats %s/*", start, start
             )

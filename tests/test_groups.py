@@ -171,3 +171,25 @@ def test_uniform_draws_every_task_and_the_state_resumes(tmp_path):
     SamplerCheckpoint(resumed, rank=1).resume(tmp_path / "checkpoint-5")
     assert resumed.draw(5) == expected and list(resumed.recent["a"]) == [1.0, 0.0]
     SamplerCheckpoint(resumed, rank=0).resume(tmp_path / "checkpoint-5")  # no state for rank 0: as is
+
+
+@pytest.mark.parametrize("errors", [1, G - 1, G])
+def test_the_expert_takes_an_unscorable_episode_s_place_and_counts_only_when_it_teaches(errors):
+    """With env errors in a failed group the expert replaces one of them, keeping every scored failure; with
+    no scored failure left beside it the group could not teach, and the expert is neither used nor counted."""
+    col, engine = collector(lambda t, s, k: False, expert=ScriptedExpert(), dynamic=False)
+    original = engine.play
+
+    def play(instances, greedy=False):
+        batch = original(instances, greedy)
+        for e in batch.episodes[:errors]:
+            e.env_error = "step: server gone"
+        return batch
+
+    engine.play = play
+    group = col.collect(1).groups[0]
+    if errors < G:
+        assert group.episodes[0].expert and group.rewards[0] == 1.0 and group.rewards[-1] == 0.0
+        assert col.expert_total == 1
+    else:
+        assert not any(e.expert for e in group.episodes) and col.expert_total == 0

@@ -205,7 +205,7 @@ def test_training_stops_after_steps_that_train_nothing():
 
     from browserrl.grpo import StepTokens, StopWhenIdle
 
-    trainer = SimpleNamespace(last_step=StepTokens())
+    trainer = SimpleNamespace(last_step=StepTokens(), accelerator=SimpleNamespace(num_processes=1))
     stop, control = StopWhenIdle(trainer, patience=2), TrainerControl()
     for step, trained in enumerate([100, 0, 50, 0, 0], start=1):
         trainer.last_step = StepTokens(trained=trained)
