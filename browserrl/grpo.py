@@ -145,6 +145,10 @@ class GRPOTrainer(trl.GRPOTrainer):
     def training_step(
         self, model: torch.nn.Module, inputs: Any, num_items_in_batch: Any = None
     ) -> torch.Tensor:
+        # Train mode before the rollout, as in Trainer.training_step: a model loaded in eval mode (a full
+        # fine-tune's from_pretrained) would have TRL take its first step's rollout for an evaluation (no
+        # buffering across micro-batches, a generation per micro-batch, metrics logged to no line).
+        model.train()
         inputs = self._prepare_inputs(inputs)  # outside the clock: the rollout is not training
         started = time.perf_counter()
         loss = super().training_step(model, inputs, num_items_in_batch)

@@ -42,11 +42,6 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.browser
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="known, open: the full fine-tune run logs its step-1 line without the rollout's metrics (reward); "
-    "found 2026-12-03 after dynamic sampling landed, not yet explained (docs: issue 22 closing note)",
-    strict=False,
-)
 def test_sweep_records_load_with_periodic_eval_and_peak_memory(sweep):
     runs = analysis.load_runs(sweep)
     assert [r.group for r in runs] == ["full", "lora r=8"]

@@ -197,6 +197,37 @@ def test_an_expert_in_a_failed_group_gets_a_positive_advantage_on_its_model_turn
     assert trainer._metrics["train"]["clip_ratio/region_mean"][-1] == 0.0  # nothing clipped
 
 
+def test_a_model_loaded_in_eval_mode_plays_one_rollout_per_step_and_logs_it(tmp_path):
+    """from_pretrained returns a model in eval mode (a full fine-tune trains it as it is): the first step's
+    rollout is still a training one, played once for the step's micro-batches, its reward on its line."""
+    from datasets import Dataset
+
+    from browserrl import rewards
+
+    model, tokenizer = tiny_policy()
+    model.eval()
+    calls = []
+
+    def rollout(prompts, trainer):
+        calls.append(len(prompts))
+        return scripted_group(tokenizer, expert_last=True)
+
+    funcs, weights = rewards.select({"success": 1.0})
+    args = trl.GRPOConfig(
+        output_dir=str(tmp_path), max_steps=1, use_cpu=True, report_to=[], beta=0.0, bf16=False,
+        per_device_train_batch_size=2, gradient_accumulation_steps=2, num_generations=4,
+        reward_weights=weights, logging_steps=1, save_strategy="no", disable_tqdm=True,
+    )  # fmt: skip
+    trainer = GRPOTrainer(
+        model=model, reward_funcs=funcs, args=args, processing_class=tokenizer,
+        train_dataset=Dataset.from_dict({"prompt": ["slot"] * 4}), rollout_func=rollout,
+    )  # fmt: skip
+    trainer.train()
+    assert calls == [4]
+    line = trainer.state.log_history[0]
+    assert line["step"] == 1 and line["reward"] == 0.25 and line["tokens/trained"] > 0
+
+
 def test_training_stops_after_steps_that_train_nothing():
     """A solved run (every group all-success, up to the draw cap) stops drawing after `patience` steps."""
     from types import SimpleNamespace
