@@ -18,7 +18,7 @@ from browserrl.env.actions import fits_type, resolve_allowed
 from browserrl.env.launcher import EnvSetupError, check_env_url, preflight
 from browserrl.env.models import MAX_OBSERVATION_DELAY
 from browserrl.env.tasks import canonical_task
-from browserrl.modeling import bf16_native, lora_config
+from browserrl.modeling import bf16_faster, lora_config
 from browserrl.oracle import ORACLE_TASKS
 
 
@@ -134,13 +134,13 @@ def grpo_config(cfg: DictConfig, output_dir: str | Path, report_to: list[str]) -
 
 def set_precision(cfg: DictConfig) -> None:
     """`infra.precision` (auto, bf16, fp32) decides `trainer.bf16`: the trainer's autocast, which the
-    sampler (HFGenerator) and the SFT warm-up follow. auto: bf16 where it is native (modeling.bf16_native)."""
+    sampler (HFGenerator) and the SFT warm-up follow. auto: bf16 where it is faster (modeling.bf16_faster)."""
     precision = cfg.infra.get("precision", "fp32")
     if precision not in ("auto", "bf16", "fp32"):
         raise ConfigError("infra.precision", f"must be auto, bf16 or fp32, got {precision!r}")
     if "bf16" in cfg.trainer:
         raise ConfigError("trainer.bf16", "set by infra.precision (auto, bf16, fp32): use that instead")
-    bf16 = precision == "bf16" or (precision == "auto" and bf16_native(bool(cfg.trainer.get("use_cpu"))))
+    bf16 = precision == "bf16" or (precision == "auto" and bf16_faster(bool(cfg.trainer.get("use_cpu"))))
     with open_dict(cfg):
         cfg.trainer.bf16 = bf16
 
