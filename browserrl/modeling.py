@@ -185,11 +185,18 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_policy(model_cfg: DictConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Model in the configured dtype, and its tokenizer with a pad token (batched generation pads left)."""
+def load_policy(
+    model_cfg: DictConfig, trains_weights: bool = False
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Model in the configured dtype, and its tokenizer with a pad token (batched generation pads left).
+
+    `trains_weights` (a full fine-tune; SFT, whose LoRA is merged into the weights): fp32 whatever
+    `model.dtype` says. The optimizer updates these tensors in place, and in bf16 an AdamW step of lr 1e-5 on
+    a weight of ~0.02 (bf16 spacing there ~1e-4) rounds to nothing; the trainer's autocast (trainer.bf16,
+    from infra.precision) still computes in bf16. LoRA's frozen base keeps `model.dtype`."""
     path = resolve_model_path(model_cfg)
     tokenizer = load_tokenizer(path)
-    dtype = getattr(torch, model_cfg.get("dtype", "float32"))
+    dtype = torch.float32 if trains_weights else getattr(torch, model_cfg.get("dtype", "float32"))
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     return model, tokenizer
 

@@ -105,7 +105,7 @@ def train_sft(
 def warm_up(cfg: DictConfig, pool: EnvPool, out_dir: Path, max_tokens: int | None = None) -> Path:
     """Demonstrations played on `pool`, SFT of cfg.model, the checkpoint folder. `max_tokens` bounds an
     episode's completion as in GRPO (trainer.max_completion_length)."""
-    model, tokenizer = load_policy(cfg.model)
+    model, tokenizer = load_policy(cfg.model, trains_weights=True)  # the merge, too, in fp32
     chat = ChatFormat(tokenizer, cfg.model.eot_token)
     engine = oracle.demonstrator(pool, chat, task_configs(cfg, list(cfg.sft.tasks)), max_tokens)
     demos = collect_demonstrations(engine, demonstration_instances(cfg.sft))

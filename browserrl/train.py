@@ -128,7 +128,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             demonstrations = json.loads((sft_final.parent / "sft_summary.json").read_text())["demonstrations"]
             start_from(cfg, sft_final)
             OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-        model, tokenizer = load_policy(cfg.model)
+        model, tokenizer = load_policy(cfg.model, trains_weights=cfg.tuning.name == "full")
         chat = ChatFormat(tokenizer, cfg.model.eot_token)
         sampling = SamplingParams(args.temperature, args.top_p, args.top_k or 0)
 

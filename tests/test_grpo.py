@@ -246,3 +246,25 @@ def test_training_stops_after_steps_that_train_nothing():
     never = StopWhenIdle(trainer, patience=0)
     never.on_step_end(None, SimpleNamespace(global_step=6), TrainerControl())
     assert never.stopped_at is None
+
+
+@pytest.mark.parametrize("trains_weights", [True, False])
+def test_a_full_fine_tune_of_a_bf16_model_keeps_fp32_weights_that_small_steps_move(trains_weights, tmp_path):
+    """model.dtype=bfloat16 (the GPU default), tuning=full: the weights the optimizer steps are fp32 and an
+    AdamW step at lr 1e-5 moves them; loaded as configured (bf16, what LoRA's frozen base keeps), the
+    same step is lost to rounding in most weights."""
+    spec = {"source": "tiny", "arch": "llama", "seed": 0, "dtype": "bfloat16"}
+    model, tokenizer = load_policy(OmegaConf.create(spec), trains_weights=trains_weights)
+    trainer = scoring_trainer(model, tokenizer, tmp_path, learning_rate=1e-5, bf16=True)
+    optimizer = trainer.create_optimizer()
+    held = [p for group in optimizer.param_groups for p in group["params"]]
+    before = [p.detach().clone() for p in held]
+    for p in held:
+        p.grad = torch.full_like(p, 1e-3)
+    optimizer.step()
+    moved = sum(int((p != b).sum()) for p, b in zip(held, before)) / sum(p.numel() for p in held)
+    if trains_weights:
+        assert all(p.dtype == torch.float32 for p in held)
+        assert moved > 0.99
+    else:
+        assert moved < 0.5  # the failure this guards against
