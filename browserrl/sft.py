@@ -87,8 +87,10 @@ def train_sft(
     if hasattr(policy, "merge_and_unload"):  # LoRA: GRPO starts from the merged weights (and its own LoRA)
         policy = policy.merge_and_unload()
     final = out_dir / "final"
-    policy.save_pretrained(final)
-    tokenizer.save_pretrained(final)
+    if trainer.accelerator.is_main_process:  # several processes: one writes, the others wait for it
+        policy.save_pretrained(final)
+        tokenizer.save_pretrained(final)
+    trainer.accelerator.wait_for_everyone()
     tokens = sum(len(row) for row in dataset["input_ids"]) * args.num_train_epochs
     summary = {
         "demonstrations": len(demos),

@@ -18,6 +18,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import torch
 from datasets import Dataset
 from omegaconf import DictConfig, OmegaConf
 from transformers import PrinterCallback, set_seed
@@ -113,8 +114,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     reset_peak_memory()  # a multirun's runs share this process: each run reports its own peak
     report_to = ["wandb"] if cfg.logger.name == "wandb" else []
     args = validate(cfg, run_dir / "checkpoints", report_to)  # seconds, naming the key, before any model
+    # Several processes (accelerate launch, torchrun): each plays and trains on its own groups; the first
+    # alone plays the held-out evaluations and writes the run's records (config, metrics, W&B, summary).
+    rank = int(os.environ.get("RANK", 0))
+    main = rank == 0
     run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    if main:
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     set_seed(cfg.seed)  # the base eval samples before the trainer seeds anything
     summary: dict[str, float] = {}
     clock = Clock(summary)
@@ -127,7 +133,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
                 sft_final = warm_up(cfg, pool, run_dir / "sft", args.max_completion_length)
             demonstrations = json.loads((sft_final.parent / "sft_summary.json").read_text())["demonstrations"]
             start_from(cfg, sft_final)
-            OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+            if main:
+                OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
         model, tokenizer = load_policy(cfg.model, trains_weights=cfg.tuning.name == "full")
         chat = ChatFormat(tokenizer, cfg.model.eot_token)
         sampling = SamplingParams(args.temperature, args.top_p, args.top_k or 0)
@@ -144,25 +151,24 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         engine = RolloutEngine(
             model_policy(hf_generator(model)), pool, chat, tasks, args.max_completion_length
         )
-        wandb_run = start_wandb(cfg, run_dir)
+        wandb_run = start_wandb(cfg, run_dir) if main else None
         if wandb_run is not None:
             stack.callback(wandb_run.finish)
 
         start = "sft" if cfg.sft.enabled else "base"  # the policy GRPO starts from
-        if cfg.eval.before:
+        if cfg.eval.before and main:
             with clock("time/eval_s"):  # the base model's is the same for every run of a sweep: cached
                 summary |= evaluate(engine, cfg, start, run_dir, cache=not cfg.sft.enabled)
 
         reward_funcs, _ = rewards.select(dict(cfg.rewards))  # their weights are in args
         g = cfg.grpo
-        rank = int(os.environ.get("RANK", 0))  # each process draws its own instances
         sampler = TaskSampler(
             cfg.suite.tasks,
             cfg.train_seeds,
             g.task_sampling,
             g.sampling_window,
             g.sampling_floor,
-            cfg.seed + rank,
+            cfg.seed + rank,  # each process draws its own instances
         )
         expert = oracle.demonstrator(pool, chat, tasks, args.max_completion_length) if g.expert else None
         collector = GroupCollector(
@@ -179,9 +185,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             rollout_func=make_rollout_func(collector, sampling, hf_generator),
         )
         trainer.remove_callback(PrinterCallback)  # the progress bar and metrics.jsonl replace its raw dicts
-        trainer.add_callback(JsonlLogger(run_dir / "metrics.jsonl"))
-        trainer.add_callback(ProgressBar())
-        trainer.add_callback(PeriodicEval(engine, cfg, trainer))  # eval/* every eval.every_steps
+        if main:  # a step's line holds every process's episodes (TRL gathers them): one writer
+            trainer.add_callback(JsonlLogger(run_dir / "metrics.jsonl"))
+            trainer.add_callback(ProgressBar())
+            trainer.add_callback(PeriodicEval(engine, cfg, trainer))  # eval/* every eval.every_steps
         checkpoint = SamplerCheckpoint(sampler, rank)
         checkpoint.resume(args.resume_from_checkpoint)
         trainer.add_callback(checkpoint)
@@ -190,27 +197,25 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         summary |= count_parameters(trainer.model)
         with clock("time/grpo_s"):
             trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+        trained, expert_episodes = over_processes(trainer, [trainer.trained_total, collector.expert_total])
         summary |= {
             "grpo/steps": trainer.state.global_step,
             "grpo/stopped_idle_at": stop.stopped_at,
-            "tokens/trained": trainer.trained_total,
+            "tokens/trained": trained,
             "demonstrations/sft": demonstrations,
-            "demonstrations/expert": collector.expert_total,
-            "demonstrations": demonstrations + collector.expert_total,
+            "demonstrations/expert": expert_episodes,
+            "demonstrations": demonstrations + expert_episodes,
         }
 
         final = run_dir / "final"
-        trainer.save_model(str(final))  # LoRA: the adapter; full: the model (with the tokenizer either way)
+        trainer.save_model(str(final))  # LoRA: the adapter; full: the model (the first process writes)
+        if not main:
+            return summary
         tokenizer.save_pretrained(final)
         OmegaConf.save(cfg, final / "config.yaml", resolve=True)
 
         # (a resumed run counts its own steps only: its checkpoint's may have trained)
-        if (
-            cfg.eval.after
-            and trainer.trained_total == 0
-            and cfg.eval.before
-            and not args.resume_from_checkpoint
-        ):
+        if cfg.eval.after and trained == 0 and cfg.eval.before and not args.resume_from_checkpoint:
             log.warning(
                 "GRPO trained no token: the final policy is the %s policy; eval/* repeats %s/*", start, start
             )
@@ -230,6 +235,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             {k: round(v, 3) for k, v in summary.items() if k.endswith("/success_rate") and k.count("/") == 1},
         )
         return summary
+
+
+def over_processes(trainer: GRPOTrainer, counts: list[int]) -> list[int]:
+    """Counts summed over the run's processes (each trains on its own groups)."""
+    if trainer.accelerator.num_processes == 1:
+        return counts
+    total = trainer.accelerator.reduce(torch.tensor(counts, device=trainer.accelerator.device), "sum")
+    return [int(c) for c in total.tolist()]
 
 
 def repeat_start(summary: dict[str, Any], run_dir: Path, start: str) -> dict[str, Any]:

@@ -111,6 +111,29 @@ def test_the_expert_trains_a_policy_whose_groups_all_fail(tmp_path):
     assert all(r["success_rate"] == 0 for r in steps)  # the policy's own episodes: the expert's left out
 
 
+def test_two_processes_keep_one_record(tmp_path):
+    """`torchrun --nproc_per_node 2` on CPU (gloo; `accelerate launch --cpu --num_processes 2` starts one
+    process): each plays its own group; the first alone evaluates and writes the record: one line per step,
+    one summary, one W&B run, the held-out episodes once, the summary counting both processes' experts."""
+    run_dir = tmp_path / "run"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    args = [*TINY, "env.sessions=2", "trainer.per_device_train_batch_size=2", "trainer.max_steps=1"]
+    args += ["eval.num_seeds=2", "eval.greedy=false", "eval.every_steps=1", "grpo.expert=true"]
+    env = {**os.environ, "WANDB_API_KEY": "", "WANDB_SILENT": "true"}
+    done = subprocess.run(
+        [str(torchrun), "--nproc_per_node=2", "train.py", *args, f"hydra.run.dir={run_dir}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = rows(run_dir)
+    assert [r["step"] for r in lines if "reward" in r] == [1]
+    assert [r["eval/episodes"] for r in lines if "eval/episodes" in r] == [2]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["base/episodes"] == summary["eval/episodes"] == 2
+    assert summary["demonstrations/expert"] == 2  # one all-failed group per process, each given the oracle's
+    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
+
+
 def test_full_finetune_saves_the_model(tmp_path):
     run_dir = tmp_path / "full"
     done = run_train(
