@@ -1,5 +1,5 @@
 # browserrl: `make train` and `make test` set up a fresh machine themselves (venv, packages, chromium, model).
-# GPU users: make install TORCH_SPEC="torch==2.9.1" EXTRAS=dev,gpu (pick the torch build that matches your CUDA).
+# GPU users: make install EXTRAS=dev,gpu (vLLM 0.27-0.29 pin torch==2.13.0, this TORCH_SPEC; another would be replaced).
 
 PYTHON ?= python3
 VENV ?= .venv
