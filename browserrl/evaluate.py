@@ -28,7 +28,7 @@ from browserrl.baselines import constant_action, constant_candidates, random_act
 from browserrl.config import task_configs
 from browserrl.generation import HFGenerator, SamplingParams
 from browserrl.metrics import episode_metrics, jsonable
-from browserrl.modeling import cache_root, load_checkpoint, load_policy, model_identity
+from browserrl.modeling import cache_root, load_checkpoint, load_policy, model_identity, policy_device
 from browserrl.pool import EnvPool, env_pool
 from browserrl.rollout import ChatFormat, Episode, Policy, RolloutEngine, model_policy, scripted_policy
 from browserrl.traces import ScreenshotRecorder, record_trace, write_traces
@@ -313,6 +313,8 @@ def evaluate_suite(
     out_dir.mkdir(parents=True, exist_ok=True)
     screenshots = screenshots or gif
     base, tokenizer = load_policy(cfg.model)
+    device = policy_device(bool(cfg.trainer.get("use_cpu")))
+    base.to(device)
     chat = ChatFormat(tokenizer, cfg.model.eot_token)
     t = cfg.trainer
     sampling = SamplingParams(t.temperature, t.top_p, t.get("top_k") or 0)
@@ -331,6 +333,7 @@ def evaluate_suite(
             suite.model("base", generator(base), samples, cache=True)
         if with_models and checkpoint is not None:
             trained, _, _ = load_checkpoint(checkpoint)
+            trained.to(device)
             suite.model("trained", generator(trained), samples, cache=False)
         if with_baselines:
             suite.baselines(chat)

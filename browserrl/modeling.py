@@ -201,6 +201,15 @@ def load_policy(
     return model, tokenizer
 
 
+def policy_device(use_cpu: bool) -> torch.device:
+    """Where a policy generates and trains: this process's GPU (LOCAL_RANK), unless trainer.use_cpu or no
+    GPU is visible. A held-out evaluation before training runs there too: the trainer moves the model only
+    when it is built, and on the CPU LFM2's evaluation takes hours."""
+    if use_cpu or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
 def lora_config(cfg: DictConfig) -> LoraConfig | None:
     """peft.LoraConfig(**cfg.lora) when `tuning.name == lora`, else None (full fine-tune)."""
     if cfg.tuning.name != "lora":

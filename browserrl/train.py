@@ -32,7 +32,7 @@ from browserrl.generation import HFGenerator, SamplingParams, VLLMGenerator
 from browserrl.groups import GroupCollector
 from browserrl.grpo import GRPOTrainer, StopWhenIdle
 from browserrl.metrics import JsonlLogger, ProgressBar, jsonable
-from browserrl.modeling import count_parameters, load_policy, lora_config
+from browserrl.modeling import count_parameters, load_policy, lora_config, policy_device
 from browserrl.pool import env_pool
 from browserrl.rollout import ChatFormat, RolloutEngine, model_policy, trainer_output
 from browserrl.sft import start_from, warm_up
@@ -136,6 +136,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             if main:
                 OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
         model, tokenizer = load_policy(cfg.model, trains_weights=cfg.tuning.name == "full")
+        model.to(policy_device(args.use_cpu))
         chat = ChatFormat(tokenizer, cfg.model.eot_token)
         sampling = SamplingParams(args.temperature, args.top_p, args.top_k or 0)
 
