@@ -115,6 +115,7 @@ def grpo_config(cfg: DictConfig, output_dir: str | Path, report_to: list[str]) -
     """`GRPOConfig(**cfg.trainer)`, with the reward weights, after checking every field's name and type."""
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
     check_fields("trainer", trainer, GRPOConfig)
+    check_generation(trainer)
     _positive_int("trainer.max_steps", trainer.get("max_steps"))  # training is counted in steps, not epochs
     for key in ("temperature", "learning_rate"):
         if key in trainer and not trainer[key] > 0:
@@ -261,6 +262,26 @@ def resolve(cfg: DictConfig) -> None:
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "config"
         raise ConfigError(key, f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+
+
+def check_generation(trainer: dict[str, Any]) -> None:
+    """GRPOConfig fields that TRL's own generation reads and this rollout does not (it generates through
+    browserrl.generation with temperature, top_p and top_k alone): refused rather than ignored."""
+    unused = {
+        "min_p": trainer.get("min_p") is not None,
+        "repetition_penalty": trainer.get("repetition_penalty", 1.0) != 1.0,
+        "generation_kwargs": bool(trainer.get("generation_kwargs")),
+    }
+    for key, set_ in unused.items():
+        if set_:
+            why = "not used by the rollout, which samples with temperature, top_p and top_k only"
+            raise ConfigError(f"trainer.{key}", why)
+    if trainer.get("use_vllm") and trainer.get("vllm_enable_sleep_mode"):
+        raise ConfigError(
+            "trainer.vllm_enable_sleep_mode",
+            "not supported: TRL wakes vLLM's KV cache inside its own generate, which the multi-turn rollout "
+            "does not call",
+        )
 
 
 def validate(

@@ -136,6 +136,9 @@ def test_trainer_block_reaches_grpo_config(compose_cfg):
         (["trainer.learning_rate=-1e-3"], "trainer.learning_rate"),
         (["trainer.max_steps=-5"], "trainer.max_steps"),
         (["trainer.temperature=-1"], "trainer.temperature"),
+        (["+trainer.min_p=0.1"], "trainer.min_p"),  # TRL's generation reads it; the rollout does not
+        (["+trainer.repetition_penalty=1.2"], "trainer.repetition_penalty"),
+        (["infra=gpu", "+trainer.vllm_enable_sleep_mode=true"], "trainer.vllm_enable_sleep_mode"),
         (["trainer.num_generations=two"], "trainer.num_generations"),
         (["+trainer.bf16=true"], "trainer.bf16"),  # infra.precision decides it
         (["infra.precision=fp16"], "infra.precision"),
