@@ -79,6 +79,7 @@ def make_rollout_func(
     hands over groups that teach (browserrl.groups); the prompts themselves carry nothing."""
 
     def rollout_func(prompts: list[str], trainer: GRPOTrainer) -> dict[str, Any]:
+        wait_for_weights(trainer)
         if trainer.args.use_vllm:
             generator = VLLMGenerator.from_trainer(trainer, collector.engine.chat.eot_id, sampling)
         else:
@@ -89,6 +90,16 @@ def make_rollout_func(
         return trainer_output(step.batch(), step.metrics())
 
     return rollout_func
+
+
+def wait_for_weights(trainer: GRPOTrainer) -> None:
+    """vLLM server mode, several processes: TRL's rank 0 has just pushed the new weights (sync_weights,
+    before rollout_func) while the other ranks went on; vLLM does not pause generation for an update, so
+    they would sample from old or half-written weights. TRL's own generate orders them with a gather after
+    the sync; this rollout bypasses it, so the ranks meet here."""
+    args = trainer.args
+    if args.use_vllm and args.vllm_mode == "server" and trainer.accelerator.num_processes > 1:
+        trainer.accelerator.wait_for_everyone()
 
 
 def group_slots(cfg: DictConfig) -> Dataset:

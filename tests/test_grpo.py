@@ -268,3 +268,25 @@ def test_a_full_fine_tune_of_a_bf16_model_keeps_fp32_weights_that_small_steps_mo
         assert moved > 0.99
     else:
         assert moved < 0.5  # the failure this guards against
+
+
+@pytest.mark.parametrize(
+    ("use_vllm", "mode", "processes", "waits"),
+    [
+        (True, "server", 2, True),
+        (True, "server", 1, False),
+        (True, "colocate", 2, False),
+        (False, None, 2, False),
+    ],
+)
+def test_ranks_meet_after_a_server_weight_sync_before_they_sample(use_vllm, mode, processes, waits):
+    from types import SimpleNamespace
+
+    from browserrl.train import wait_for_weights
+
+    met = []
+    accelerator = SimpleNamespace(num_processes=processes, wait_for_everyone=lambda: met.append(True))
+    args = SimpleNamespace(use_vllm=use_vllm, vllm_mode=mode)
+    trainer = SimpleNamespace(args=args, accelerator=accelerator)
+    wait_for_weights(trainer)
+    assert met == ([True] if waits else [])
