@@ -202,6 +202,15 @@ class GRPOTrainer(trl.GRPOTrainer):
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
 
+def sum_over_processes(accelerator: Any, counts: list[int]) -> list[int]:
+    """Per-process counts summed over the run's processes (each trains on its own groups); the same on
+    every process, so a decision taken from them (stop, warn) is taken by all."""
+    if accelerator.num_processes == 1:
+        return counts
+    total = accelerator.reduce(torch.tensor(counts, device=accelerator.device), "sum")
+    return [int(c) for c in total.tolist()]
+
+
 class StopWhenIdle(TrainerCallback):
     """Ends training after `patience` optimizer steps in a row that trained no token: every group drawn up
     to the cap was all-success (a solved run) or all-failure (nothing to follow)."""
@@ -211,9 +220,7 @@ class StopWhenIdle(TrainerCallback):
         self.stopped_at: int | None = None  # the step training ended at, when this callback ended it
 
     def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001 - HF callback signature
-        trained, accelerator = float(self.trainer.last_step.trained), self.trainer.accelerator
-        if accelerator.num_processes > 1:  # summed over ranks: every rank stops at the same step
-            trained = accelerator.reduce(torch.tensor(trained, device=accelerator.device), "sum").item()
+        (trained,) = sum_over_processes(self.trainer.accelerator, [self.trainer.last_step.trained])
         self.idle = self.idle + 1 if trained == 0 else 0
         if self.patience and self.idle >= self.patience:
             control.should_training_stop = True

@@ -18,7 +18,6 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import torch
 from datasets import Dataset
 from omegaconf import DictConfig, OmegaConf
 from transformers import PrinterCallback, set_seed
@@ -30,7 +29,7 @@ from browserrl.curriculum import SamplerCheckpoint, TaskSampler
 from browserrl.evaluate import PeriodicEval, heldout_report
 from browserrl.generation import HFGenerator, SamplingParams, VLLMGenerator
 from browserrl.groups import GroupCollector
-from browserrl.grpo import GRPOTrainer, StopWhenIdle
+from browserrl.grpo import GRPOTrainer, StopWhenIdle, sum_over_processes
 from browserrl.metrics import JsonlLogger, ProgressBar, jsonable
 from browserrl.modeling import count_parameters, load_policy, lora_config, policy_device
 from browserrl.pool import env_pool
@@ -209,7 +208,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         summary |= count_parameters(trainer.model)
         with clock("time/grpo_s"):
             trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-        trained, expert_episodes = over_processes(trainer, [trainer.trained_total, collector.expert_total])
+        totals = [trainer.trained_total, collector.expert_total]
+        trained, expert_episodes = sum_over_processes(trainer.accelerator, totals)
         summary |= {
             "grpo/steps": trainer.state.global_step,
             "grpo/stopped_idle_at": stop.stopped_at,
@@ -247,14 +247,6 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             {k: round(v, 3) for k, v in summary.items() if k.endswith("/success_rate") and k.count("/") == 1},
         )
         return summary
-
-
-def over_processes(trainer: GRPOTrainer, counts: list[int]) -> list[int]:
-    """Counts summed over the run's processes (each trains on its own groups)."""
-    if trainer.accelerator.num_processes == 1:
-        return counts
-    total = trainer.accelerator.reduce(torch.tensor(counts, device=trainer.accelerator.device), "sum")
-    return [int(c) for c in total.tolist()]
 
 
 def repeat_start(summary: dict[str, Any], run_dir: Path, start: str) -> dict[str, Any]:

@@ -22,11 +22,14 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["+debug=tiny"]
 
 
-def run_train(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """`python train.py ARGS` from the repo root; W&B without a key (offline), output captured."""
+def run_train(
+    *args: str, timeout: int = 600, launcher: list[str] | None = None
+) -> subprocess.CompletedProcess:
+    """`python train.py ARGS` (or `LAUNCHER train.py ARGS`, e.g. torchrun) from the repo root; W&B without a
+    key (offline), output captured."""
     env = {**os.environ, "WANDB_API_KEY": "", "WANDB_SILENT": "true"}
     return subprocess.run(
-        [sys.executable, "train.py", *args],
+        [*(launcher or [sys.executable]), "train.py", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,

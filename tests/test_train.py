@@ -116,14 +116,10 @@ def test_two_processes_keep_one_record(tmp_path):
     process): each plays its own group; the first alone evaluates and writes the record: one line per step,
     one summary, one W&B run, the held-out episodes once, the summary counting both processes' experts."""
     run_dir = tmp_path / "run"
-    torchrun = Path(sys.executable).parent / "torchrun"
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node=2"]
     args = [*TINY, "env.sessions=2", "trainer.per_device_train_batch_size=2", "trainer.max_steps=1"]
     args += ["eval.num_seeds=2", "eval.greedy=false", "eval.every_steps=1", "grpo.expert=true"]
-    env = {**os.environ, "WANDB_API_KEY": "", "WANDB_SILENT": "true"}
-    done = subprocess.run(
-        [str(torchrun), "--nproc_per_node=2", "train.py", *args, f"hydra.run.dir={run_dir}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    done = run_train(*args, f"hydra.run.dir={run_dir}", launcher=torchrun)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = rows(run_dir)
     assert [r["step"] for r in lines if "reward" in r] == [1]
