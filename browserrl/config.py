@@ -18,7 +18,7 @@ from browserrl.env.actions import fits_type, resolve_allowed
 from browserrl.env.launcher import EnvSetupError, check_env_url, preflight
 from browserrl.env.models import MAX_OBSERVATION_DELAY
 from browserrl.env.tasks import canonical_task
-from browserrl.modeling import bf16_faster, lora_config
+from browserrl.modeling import bf16_faster, lora_config, max_positions
 from browserrl.oracle import ORACLE_TASKS
 
 
@@ -243,6 +243,25 @@ def check_model(cfg: DictConfig) -> None:
             raise ConfigError("model", str(exc)) from exc
 
 
+def check_context(cfg: DictConfig, args: GRPOConfig) -> None:
+    """An episode's tokens fit the model's positions: the completion budget alone must leave room for a prompt
+    (the rollout also ends an episode that would pass them), and vLLM's context must not exceed them."""
+    positions = max_positions(cfg.model)
+    if positions is None:
+        return
+    if args.max_completion_length >= positions:
+        raise ConfigError(
+            "trainer.max_completion_length",
+            f"{args.max_completion_length} tokens leave no room for a prompt in {cfg.model.name}'s "
+            f"{positions} positions: lower it (the prompt takes 0.5k-1.5k tokens)",
+        )
+    if args.vllm_max_model_length is not None and args.vllm_max_model_length > positions:
+        raise ConfigError(
+            "trainer.vllm_max_model_length",
+            f"{args.vllm_max_model_length} is more than {cfg.model.name}'s {positions} positions",
+        )
+
+
 def check_eval(cfg: DictConfig) -> None:
     _positive_int("eval.num_seeds", cfg.eval.num_seeds)
     _positive_int("eval.first_seed", cfg.eval.first_seed, minimum=0)
@@ -303,5 +322,6 @@ def validate(
     args = grpo_config(cfg, output_dir, report_to or [])
     check_grpo(cfg, args)
     check_model(cfg)
+    check_context(cfg, args)
     check_env(cfg)
     return args

@@ -327,7 +327,10 @@ def evaluate_suite(
     with env_pool(cfg, cfg.eval.sessions, screenshot=screenshots) as pool:
         recorder = ScreenshotRecorder(pool) if screenshots else None
         policy = model_policy(generator(base))
-        engine = RolloutEngine(policy, recorder or pool, chat, task_configs(cfg), t.max_completion_length)
+        positions = base.config.max_position_embeddings
+        engine = RolloutEngine(
+            policy, recorder or pool, chat, task_configs(cfg), t.max_completion_length, positions
+        )
         suite = SuiteEvaluation(cfg, engine, out_dir, recorder, gif)
         if with_models:
             suite.model("base", generator(base), samples, cache=True)

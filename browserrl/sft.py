@@ -109,7 +109,8 @@ def warm_up(cfg: DictConfig, pool: EnvPool, out_dir: Path, max_tokens: int | Non
     episode's completion as in GRPO (trainer.max_completion_length)."""
     model, tokenizer = load_policy(cfg.model, trains_weights=True)  # the merge, too, in fp32
     chat = ChatFormat(tokenizer, cfg.model.eot_token)
-    engine = oracle.demonstrator(pool, chat, task_configs(cfg, list(cfg.sft.tasks)), max_tokens)
+    tasks = task_configs(cfg, list(cfg.sft.tasks))
+    engine = oracle.demonstrator(pool, chat, tasks, max_tokens, model.config.max_position_embeddings)
     demos = collect_demonstrations(engine, demonstration_instances(cfg.sft))
     pool.release()  # idle sessions would take CPU from SFT; GRPO reopens them
     if not demos:

@@ -159,9 +159,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         tasks = task_configs(
             cfg, [*cfg.suite.tasks, *(cfg.transfer.suite.tasks if cfg.get("transfer") else [])]
         )
-        engine = RolloutEngine(
-            model_policy(hf_generator(model)), pool, chat, tasks, args.max_completion_length
-        )
+        budget = (args.max_completion_length, model.config.max_position_embeddings)
+        engine = RolloutEngine(model_policy(hf_generator(model)), pool, chat, tasks, *budget)
         wandb_run = start_wandb(cfg, run_dir) if main else None
         if wandb_run is not None:
             stack.callback(wandb_run.finish)
@@ -181,7 +180,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             g.sampling_floor,
             cfg.seed + rank,  # each process draws its own instances
         )
-        expert = oracle.demonstrator(pool, chat, tasks, args.max_completion_length) if g.expert else None
+        expert = oracle.demonstrator(pool, chat, tasks, *budget) if g.expert else None
         collector = GroupCollector(
             engine, sampler, rewards.scorer(dict(cfg.rewards)), args.num_generations, g.dynamic_sampling,
             g.max_draws_per_group, expert,

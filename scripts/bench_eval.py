@@ -79,8 +79,9 @@ def main() -> None:
     counts = [int(s) for s in args.sessions.split(",")]
     cfg.eval.sessions = max(counts)  # the local server's capacity
     with env_pool(cfg) as pool:
+        positions = model.config.max_position_embeddings
         engine = RolloutEngine(
-            model_policy(generator), pool, chat, task_configs(cfg), t.max_completion_length
+            model_policy(generator), pool, chat, task_configs(cfg), t.max_completion_length, positions
         )
         for sessions in counts:
             cfg.eval.sessions = sessions

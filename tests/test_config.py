@@ -139,6 +139,8 @@ def test_trainer_block_reaches_grpo_config(compose_cfg):
         (["+trainer.min_p=0.1"], "trainer.min_p"),  # TRL's generation reads it; the rollout does not
         (["+trainer.repetition_penalty=1.2"], "trainer.repetition_penalty"),
         (["infra=gpu", "+trainer.vllm_enable_sleep_mode=true"], "trainer.vllm_enable_sleep_mode"),
+        (["trainer.max_completion_length=8192"], "trainer.max_completion_length"),  # SmolLM2: 8192 positions
+        (["+trainer.vllm_max_model_length=16384"], "trainer.vllm_max_model_length"),
         (["trainer.num_generations=two"], "trainer.num_generations"),
         (["+trainer.bf16=true"], "trainer.bf16"),  # infra.precision decides it
         (["infra.precision=fp16"], "infra.precision"),

@@ -41,14 +41,16 @@ def task(root):
     return cfg
 
 
-def play(tiny, task, env_url, n=4, max_completion_tokens=None, greedy=False, bf16=False):
+def play(tiny, task, env_url, n=4, max_completion_tokens=None, greedy=False, bf16=False, max_positions=None):
     model, tokenizer = tiny
     chat = ChatFormat(tokenizer)
     pool = EnvPool(lambda: env_url, size=n)
     try:
         generator = HFGenerator(model, tokenizer.pad_token_id, chat.eot_id, SamplingParams(TEMPERATURE), bf16)
         tasks = {"click-test": task}
-        engine = RolloutEngine(model_policy(generator), pool, chat, tasks, max_completion_tokens)
+        engine = RolloutEngine(
+            model_policy(generator), pool, chat, tasks, max_completion_tokens, max_positions
+        )
         instances = [("click-test", 7)] * (n // 2) + [("click-test", 8)] * (n - n // 2)
         return engine.play(instances, greedy), chat
     finally:
@@ -86,6 +88,18 @@ def test_token_budget_truncates_episodes(tiny, task, env_url, caplog):
         f"click-test: an episode ended at step 2 of its 3: the next observation and turn do not "
         f"fit trainer.max_completion_length={budget} tokens; raise it if the task needs more steps"
     ]
+
+
+def test_model_positions_truncate_episodes(tiny, task, env_url, caplog):
+    """As the token budget, for prompt and completion together: the model has no position past its last."""
+    unbounded, _ = play(tiny, task, env_url, n=2, greedy=True)
+    positions = min(len(e.prompt_ids) + len(e.completion_ids) for e in unbounded.episodes) - 1
+    with caplog.at_level(logging.WARNING, logger="browserrl.rollout"):
+        batch, chat = play(tiny, task, env_url, n=2, greedy=True, max_positions=positions)
+    for e in batch.episodes:
+        assert e.truncated and e.steps == 2
+        assert len(e.prompt_ids) + len(e.completion_ids) <= positions and e.completion_ids[-1] == chat.eot_id
+    assert any("max_position_embeddings" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize(
