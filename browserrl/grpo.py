@@ -22,6 +22,12 @@ mask and the loss mask, and every loss type normalizes by mask sums or by consta
 (trainer.max_completion_length), never by the tensor's width (tests/test_grpo.py compares both against
 TRL's on the same micro-batch).
 
+With vLLM, TRL corrects for the sampler's logprobs differing from the trainer's by an importance ratio, by
+default one per episode (`vllm_importance_sampling_mode: sequence_mask`) that zeroes an episode whose ratio
+leaves [clip_min, clip_max]. An episode's ratio is exp of a sum over hundreds of tokens here, each rounded in
+bf16, so a small per-token drift may mask many episodes: `sampling/is_masked` logs the share masked
+(episodes in sequence modes, tokens in token modes) at every generation.
+
 Per optimizer step the trainer logs `tokens/trained` (prompt and completion tokens it computed),
 `tokens/skipped` (rows with nothing to teach), `time/train_s` (its forwards and backwards) and
 `time/saved_s_est`: the skipped tokens and those of groups the rollout drew and dropped (`note_dropped`),
@@ -52,6 +58,18 @@ ZERO_ADVANTAGE = 1e-6  # |advantage| at or below this: the row has nothing to te
 #: Inputs on the prompt's axis; every other [batch, width, ...] tensor of a micro-batch whose width is the
 #: completion's (ids, masks, the sampler's, old and reference logprobs) is cut on the completion's axis.
 PROMPT_KEYS = ("prompt_ids", "prompt_mask")
+
+
+def masked_share(output: dict[str, Any], mode: str) -> tuple[int, int] | None:
+    """(masked, total): episodes (sequence_mask) or loss tokens (token_mask) whose importance ratio TRL set to
+    zero in a scored batch; None when no ratio masks anything (no vLLM, or a truncate mode)."""
+    ratio = output.get("importance_sampling_ratio")
+    if ratio is None or not mode.endswith("_mask"):
+        return None
+    if mode.startswith("sequence"):
+        return int((ratio == 0).sum()), ratio.numel()
+    mask = output["completion_mask"] * output.get("tool_mask", 1)
+    return int(((ratio == 0) & mask.bool()).sum()), int(mask.sum())
 
 
 def _width(used: int, full: int, multiple: int | None) -> int:
@@ -141,6 +159,16 @@ class GRPOTrainer(trl.GRPOTrainer):
         if isinstance(inputs, dict):
             return inputs
         return super()._prepare_inputs(inputs)
+
+    def _generate_and_score_completions(self, inputs: Any) -> dict[str, Any]:
+        """TRL's, and the share of the batch its importance-sampling mask zeroed (summed over processes)."""
+        output = super()._generate_and_score_completions(inputs)
+        share = masked_share(output, self.args.vllm_importance_sampling_mode)
+        if share is not None:
+            masked, total = sum_over_processes(self.accelerator, list(share))
+            mode = "train" if self.model.training else "eval"
+            self._metrics[mode]["sampling/is_masked"].append(masked / total if total else 0.0)
+        return output
 
     def training_step(
         self, model: torch.nn.Module, inputs: Any, num_items_in_batch: Any = None

@@ -290,3 +290,30 @@ def test_ranks_meet_after_a_server_weight_sync_before_they_sample(use_vllm, mode
     trainer = SimpleNamespace(args=args, accelerator=accelerator)
     wait_for_weights(trainer)
     assert met == ([True] if waits else [])
+
+
+def test_the_importance_sampling_mask_is_counted(monkeypatch):
+    """vLLM runs: the share of episodes (sequence modes) or loss tokens (token modes) whose importance
+    ratio TRL zeroed is logged; env tokens and padding are not loss tokens."""
+    from types import SimpleNamespace
+
+    from browserrl.grpo import masked_share
+
+    completion_mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    tool_mask = torch.tensor([[1, 0, 1, 1], [1, 1, 1, 1]])
+    sequence = {"completion_mask": completion_mask, "importance_sampling_ratio": torch.tensor([[0.0], [1.2]])}
+    assert masked_share(sequence, "sequence_mask") == (1, 2)
+    assert masked_share(sequence, "sequence_truncate") is None  # clipped, not masked
+    assert masked_share({"completion_mask": completion_mask}, "sequence_mask") is None  # no vLLM
+    ratio = torch.tensor([[0.0, 0.0, 1.0, 0.0], [1.0, 0.0, 1.0, 1.0]])
+    tokens = {"completion_mask": completion_mask, "tool_mask": tool_mask, "importance_sampling_ratio": ratio}
+    assert masked_share(tokens, "token_mask") == (2, 6)  # the env token and the padding do not count
+
+    monkeypatch.setattr(trl.GRPOTrainer, "_generate_and_score_completions", lambda self, inputs: sequence)
+    trainer = object.__new__(GRPOTrainer)
+    trainer.args = SimpleNamespace(vllm_importance_sampling_mode="sequence_mask")
+    trainer.accelerator = SimpleNamespace(num_processes=1)
+    trainer.model = SimpleNamespace(training=True)
+    trainer._metrics = {"train": {"sampling/is_masked": []}}
+    assert trainer._generate_and_score_completions([]) is sequence
+    assert trainer._metrics["train"]["sampling/is_masked"] == [0.5]
