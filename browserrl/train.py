@@ -52,8 +52,8 @@ def start_wandb(cfg: DictConfig, run_dir: Path) -> Any:
     has_key = bool(os.environ.get("WANDB_API_KEY")) or "api.wandb.ai" in _read(Path.home() / ".netrc")
     mode = cfg.logger.mode or ("online" if has_key else "offline")
     os.environ["WANDB_MODE"] = mode
-    group = None
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+    group = cfg.logger.get("group")  # a sweep's point in a process of its own (browserrl.sweep) is told it
+    if group is None and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         group = Path(HydraConfig.get().sweep.dir).name
     return wandb.init(
         project=cfg.logger.project,
