@@ -74,9 +74,9 @@ class Recorder:
 def record(mode: str, engine: object, contexts: list[list[int]], eot_id: int) -> list[dict]:
     cases = []
     recorder = Recorder(engine)
-    generator = VLLMGenerator(recorder, eot_id, SamplingParams(TEMPERATURE, 1.0, 0, MAX_TOKENS))
+    generator = VLLMGenerator(recorder, eot_id, SamplingParams(TEMPERATURE, 1.0, 0))
     for greedy in (False, True):
-        turns = generator(contexts, greedy=greedy)
+        turns = generator(contexts, greedy=greedy, max_new_tokens=MAX_TOKENS)
         cases.append({"mode": mode, "greedy": greedy, **recorder.raw, "turns": [asdict(t) for t in turns]})
     return cases
 

@@ -34,6 +34,34 @@ def test_fixture_covers_both_vllm_paths(recorded):
     assert any(finished) and not all(finished)  # both an ended turn and one cut at max_tokens
 
 
+def test_the_recorder_replays_a_recorded_server_case(recorded):
+    """scripts/record_vllm_fixture.py builds its generator and calls it as the rollout does (it had rotted:
+    a SamplingParams field that no longer exists): replayed through a server-mode engine that answers with a
+    recorded output, it records that case again."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "recorder", FIXTURE.parents[2] / "scripts/record_vllm_fixture.py"
+    )
+    recorder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recorder)
+    cases = {c["greedy"]: c for c in recorded["cases"] if c["mode"] == "server"}
+    calls = []
+
+    class Server:  # TRL's VLLMClient: base_url, and generate returning ids and logprobs
+        base_url = "http://recorded"
+
+        def generate(self, prompts, n, generation_kwargs, temperature, **kwargs):
+            calls.append((temperature, kwargs["max_tokens"], generation_kwargs["stop_token_ids"]))
+            case = cases[temperature == 0.0]
+            return {k: case[k] for k in ("completion_ids", "logprobs", "logprob_token_ids")}
+
+    replayed = recorder.record("server", Server(), recorded["contexts"], recorded["eot_id"])
+    assert [c["turns"] for c in replayed] == [cases[False]["turns"], cases[True]["turns"]]
+    eot, max_tokens = recorded["eot_id"], recorded["max_tokens"]
+    assert calls == [(recorded["temperature"], max_tokens, [eot]), (0.0, max_tokens, [eot])]
+
+
 def test_vllm_turns_reproduce_the_recorded_turns(recorded):
     eot = recorded["eot_id"]
     for case in recorded["cases"]:
