@@ -216,12 +216,16 @@ def check_env(cfg: DictConfig) -> None:
         except EnvSetupError as exc:
             raise ConfigError("env.mode", f"{exc}; or use a running server: env=remote env.url=...") from exc
     elif cfg.env.mode == "remote":
-        try:
-            check_env_url(cfg.env.url, timeout=5)
-        except Exception as exc:  # noqa: BLE001 - any failure means the same thing to the user
-            raise ConfigError(
-                "env.url", f"nothing answers at {cfg.env.url} ({exc}); start a server (make serve-env)"
-            ) from exc
+        urls = [cfg.env.url] if isinstance(cfg.env.url, str) else list(cfg.env.url or [])
+        if not urls or not all(isinstance(u, str) for u in urls):
+            raise ConfigError("env.url", f"must be a server URL or a list of them, got {cfg.env.url!r}")
+        for url in urls:  # all at the start: a dead one later costs episodes, a typo now costs nothing
+            try:
+                check_env_url(url, timeout=5)
+            except Exception as exc:  # noqa: BLE001 - any failure means the same thing to the user
+                raise ConfigError(
+                    "env.url", f"nothing answers at {url} ({exc}); start a server (make serve-env)"
+                ) from exc
     else:
         raise ConfigError("env.mode", f"must be local or remote, got {cfg.env.mode!r}")
 

@@ -7,6 +7,10 @@ live episodes of a turn run concurrently. A session opens at its first use; `res
 plays on `eval.sessions`) and `release` (an SFT warm-up, once its demonstrations are played) close some.
 A failed call never raises: it comes back as `EnvFailure`, the session is dropped and reopened on next use,
 and `on_failure` may restart a local server.
+
+Several servers (`env.url` a list; at GPU scale the env is more than half of a step): each session has its
+servers in order of preference (`routes`), the first its home. A session opens on the first that answers, so
+when a server dies its episodes in flight end as env errors and its sessions reopen on the others.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -40,17 +45,35 @@ class EnvFailure:
     message: str
 
 
+def routes(urls: Sequence[str], rank: int = 0, world: int = 1) -> Callable[[int], list[str]]:
+    """The servers session `slot` of process `rank` (of `world`) tries, in order. With at least as many
+    servers as processes, each process spreads its sessions over its own share (every world-th server from
+    its rank) and falls back on the others; with fewer, every process spreads over all, offset by its rank."""
+    urls = list(urls)
+    own = urls[rank::world] if len(urls) >= world else urls
+    rest = [u for u in urls if u not in own]
+    shift = 0 if len(urls) >= world else rank
+
+    def route(slot: int) -> list[str]:
+        first = (slot + shift) % len(own)
+        return own[first:] + own[:first] + rest
+
+    return route
+
+
 class EnvPool:
     def __init__(
         self,
-        url: Callable[[], str],
+        route: Callable[[int], Sequence[str]],
         size: int,
         message_timeout_s: float = 60.0,
         on_failure: Callable[[], None] | None = None,
         reset_options: dict[str, Any] | None = None,
     ):
-        """`reset_options` go with every reset (screenshot: MiniWoBEnvironment.reset's options)."""
-        self.url, self.size, self.timeout, self.on_failure = url, size, message_timeout_s, on_failure
+        """`route(slot)`: the server URLs that session tries, in order, asked at each opening (a local
+        server's changes when it restarts). `reset_options` go with every reset (screenshot:
+        MiniWoBEnvironment.reset's options)."""
+        self.route, self.size, self.timeout, self.on_failure = route, size, message_timeout_s, on_failure
         self.reset_options = dict(reset_options or {})
         self._clients: list[BrowserGymEnv | None] = [None] * size
         self._launches = asyncio.Semaphore(MAX_LAUNCHES)
@@ -59,12 +82,21 @@ class EnvPool:
         self._thread.start()
 
     async def _client(self, slot: int) -> BrowserGymEnv:
-        client = self._clients[slot]
-        if client is None:
-            client = BrowserGymEnv(base_url=self.url(), message_timeout_s=self.timeout)
-            await client.connect()
+        if self._clients[slot] is not None:
+            return self._clients[slot]
+        urls = list(self.route(slot))
+        for i, url in enumerate(urls):
+            client = BrowserGymEnv(base_url=url, message_timeout_s=self.timeout)
+            try:
+                await asyncio.wait_for(client.connect(), self.timeout)
+            except Exception as exc:
+                if i == len(urls) - 1:
+                    raise
+                log.warning("session %d: %s does not answer (%s); trying %s", slot, url, exc, urls[i + 1])
+                continue
             self._clients[slot] = client
-        return client
+            return client
+        raise ValueError("route gave no server")
 
     async def _call(self, slot: int, method: str, kwargs: dict[str, Any]) -> StepResult | EnvFailure:
         """One call on one session. A reset that fails on a session opened earlier is tried once more on a
@@ -145,8 +177,9 @@ class EnvPool:
 @contextlib.contextmanager
 def env_pool(cfg: DictConfig, sessions: int | None = None, **reset_options: Any) -> Iterator[EnvPool]:
     """`sessions` (default `cfg.env.sessions`) sessions on a local server started for this block
-    (restarted if it dies, so a dead server costs episodes, not the run) or on a running one at `env.url`
-    (`env=remote`). A session opens at its first use.
+    (restarted if it dies, so a dead server costs episodes, not the run) or on running ones at `env.url`
+    (`env=remote`: one URL or a list, spread over the processes of a multi-process run by RANK and
+    WORLD_SIZE). A session opens at its first use.
 
     `reset_options` go with every reset (`screenshot=True`); per-task options come with each episode.
     """
@@ -155,7 +188,9 @@ def env_pool(cfg: DictConfig, sessions: int | None = None, **reset_options: Any)
     capacity = max(sessions, cfg.eval.sessions) + 2
     with contextlib.ExitStack() as stack:
         if cfg.env.mode == "remote":
-            url, heal = (lambda: cfg.env.url), None
+            urls = [cfg.env.url] if isinstance(cfg.env.url, str) else list(cfg.env.url)
+            rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+            route, heal = routes(urls, rank, world), None
         else:
             from browserrl.env.launcher import LocalEnvServer
 
@@ -168,14 +203,14 @@ def env_pool(cfg: DictConfig, sessions: int | None = None, **reset_options: Any)
                 )  # each episode's cap goes with its reset (the server truncates where the rollout stops)
             )
 
-            def url() -> str:
-                return server.url
+            def route(slot: int) -> list[str]:
+                return [server.url]
 
             def heal() -> None:
                 if not server.is_alive():
                     log.warning("env server died; restarting it (failed episodes count as env_errors)")
                     server.restart()
 
-        pool = EnvPool(url, sessions, cfg.env.message_timeout_s, heal, reset_options)
+        pool = EnvPool(route, sessions, cfg.env.message_timeout_s, heal, reset_options)
         stack.callback(pool.close)
         yield pool

@@ -122,6 +122,7 @@ def test_trainer_block_reaches_grpo_config(compose_cfg):
         (["+trainer.not_a_field=1"], "trainer.not_a_field"),
         (["rewards.success=0"], "rewards"),
         (["env=remote", "env.url=http://127.0.0.1:9"], "env.url"),
+        (["env=remote", "env.url=[http://127.0.0.1:9,http://127.0.0.1:10]"], "env.url"),  # each must answer
         (["task.observation_delay=5"], "task.observation_delay"),
         (["model.source=path"], "model.name_or_path"),
         (["model.source=path", "model.name_or_path=/nonexistent"], "model.name_or_path"),

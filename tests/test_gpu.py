@@ -63,7 +63,7 @@ def test_vllm_colocate_rollout_keeps_the_contract(env_url):
     model = model.cuda().eval()
     chat = ChatFormat(tokenizer)
     task = OmegaConf.load(ROOT / "conf/task/click-test.yaml")
-    pool = EnvPool(lambda: env_url, size=4)
+    pool = EnvPool(lambda _: [env_url], size=4)
     try:
         generator = VLLMGenerator(llm, chat.eot_id, SamplingParams(0.7))
         engine = RolloutEngine(model_policy(generator), pool, chat, {"click-test": task})

@@ -93,7 +93,7 @@ def test_book_flight_oracle_solves_real_pages(compose_cfg, env_url):
     cfg = compose_cfg("task=book-flight")
     chat = ChatFormat(load_tokenizer(resolve_model_path(cfg.model)), cfg.model.eot_token)
     seeds = [3, 11, 1000071]
-    pool = EnvPool(lambda: env_url, size=len(seeds))
+    pool = EnvPool(lambda _: [env_url], size=len(seeds))
     try:
         engine = demonstrator(pool, chat, task_configs(cfg), None)  # the task's 0.4 s observation delay
         demos = collect_demonstrations(engine, [("book-flight", s) for s in seeds])
@@ -111,7 +111,7 @@ def test_suite_oracles_solve_real_pages(compose_cfg, env_url, suite):
     (MiniWoB's raw score 1, not BrowserGym's any-positive-score)."""
     cfg = compose_cfg("+experiment=cpu_suite", f"suite={suite}")
     chat = ChatFormat(load_tokenizer(resolve_model_path(cfg.model)), cfg.model.eot_token)
-    pool = EnvPool(lambda: env_url, size=8)
+    pool = EnvPool(lambda _: [env_url], size=8)
     try:
         engine = demonstrator(pool, chat, task_configs(cfg), None)
         episodes = engine.play(

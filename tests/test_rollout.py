@@ -44,7 +44,7 @@ def task(root):
 def play(tiny, task, env_url, n=4, max_completion_tokens=None, greedy=False, bf16=False, max_positions=None):
     model, tokenizer = tiny
     chat = ChatFormat(tokenizer)
-    pool = EnvPool(lambda: env_url, size=n)
+    pool = EnvPool(lambda _: [env_url], size=n)
     try:
         generator = HFGenerator(model, tokenizer.pad_token_id, chat.eot_id, SamplingParams(TEMPERATURE), bf16)
         tasks = {"click-test": task}

@@ -39,7 +39,7 @@ def test_demonstrations_train_a_loadable_checkpoint(compose_cfg, root, env_url, 
     model, tokenizer = load_policy(cfg.model)
     chat = ChatFormat(tokenizer)
     instances = [("click-test", 1), ("click-button", 1), ("focus-text", 1), ("enter-text", 1)]
-    pool = EnvPool(lambda: env_url, size=4)
+    pool = EnvPool(lambda _: [env_url], size=4)
     try:
         engine = demonstrator(pool, chat, task_configs(cfg, [t for t, _ in instances]), None)
         demos = collect_demonstrations(engine, instances)

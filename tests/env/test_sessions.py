@@ -66,7 +66,7 @@ def test_pool_reopens_a_session_closed_for_idleness() -> None:
     """Training keeps its sessions across an SFT warm-up longer than the idle timeout: the first reset after
     it must start an episode, not come back as an env error."""
     with LocalEnvServer(task="click-test", max_sessions=1, idle_timeout_s=1.0) as server:
-        pool = EnvPool(lambda: server.url, size=1)
+        pool = EnvPool(lambda _: [server.url], size=1)
         try:
             assert not isinstance(pool.reset([0], ["click-test"], [0])[0], EnvFailure)
             pids = chromium_pids(server.pid)
@@ -82,7 +82,7 @@ def test_pool_resizes_and_releases_its_sessions() -> None:
     """Evaluation plays on its own session count (`resize`), an SFT warm-up closes its sessions while it
     trains (`release`): each closes its browsers, and the pool plays on afterwards."""
     with LocalEnvServer(task="click-test", max_sessions=3, idle_timeout_s=None) as server:
-        pool = EnvPool(lambda: server.url, size=1)
+        pool = EnvPool(lambda _: [server.url], size=1)
         try:
             pool.resize(3)
             results = pool.reset([0, 1, 2], ["click-test"] * 3, [0, 1, 2])
@@ -138,3 +138,39 @@ def _answers(url: str) -> bool:
         return True
     except Exception:  # noqa: BLE001 - not up yet
         return False
+
+
+def test_routes_spread_sessions_over_servers_and_ranks() -> None:
+    from browserrl.pool import routes
+
+    urls = ["a", "b", "c", "d"]
+    assert [routes(urls)(s)[0] for s in range(6)] == ["a", "b", "c", "d", "a", "b"]
+    assert routes(urls)(1) == ["b", "c", "d", "a"]  # every server is a fallback
+    rank1 = routes(urls, rank=1, world=2)  # its own share: b and d, then the others
+    assert [rank1(s)[0] for s in range(4)] == ["b", "d", "b", "d"] and rank1(0) == ["b", "d", "a", "c"]
+    few = [routes(["a", "b"], rank=r, world=4)(0)[0] for r in range(4)]  # fewer servers than ranks
+    assert few == ["a", "b", "a", "b"]
+
+
+def test_pool_spreads_over_two_servers_and_survives_one_dying() -> None:
+    """Sessions alternate between the servers; when one dies its episodes in flight are env errors, and the
+    next resets open their sessions on the other: the run goes on at full width."""
+    from browserrl.pool import routes
+
+    with (
+        LocalEnvServer(task="click-test", max_sessions=4, idle_timeout_s=None) as a,
+        LocalEnvServer(task="click-test", max_sessions=4, idle_timeout_s=None) as b,
+    ):
+        pool = EnvPool(routes([a.url, b.url]), size=4)
+        try:
+            results = pool.reset(range(4), ["click-test"] * 4, range(4))
+            assert not any(isinstance(r, EnvFailure) for r in results), results
+            assert browser_count(a.pid) == browser_count(b.pid) == 2
+            b.stop()
+            steps = pool.step(range(4), ["noop()"] * 4)
+            assert [isinstance(r, EnvFailure) for r in steps] == [False, True, False, True]
+            results = pool.reset(range(4), ["click-test"] * 4, range(4, 8))
+            assert not any(isinstance(r, EnvFailure) for r in results), results
+            assert wait_until(lambda: browser_count(a.pid) == 4, timeout=20)
+        finally:
+            pool.close()
