@@ -111,26 +111,17 @@ def check_fields(key: str, values: dict[str, Any], config_class: type) -> None:
             raise ConfigError(f"{key}.{name}", f"must be {expected}, got {value!r}")
 
 
-def grpo_config(cfg: DictConfig, output_dir: str | Path, report_to: list[str]) -> GRPOConfig:
-    """`GRPOConfig(**cfg.trainer)`, with the reward weights, after checking every field's name and type."""
+def check_trainer(cfg: DictConfig) -> None:
+    """Every trainer.* key is a GRPOConfig field of its type, and what the rollout reads is sane (the object
+    itself is built by browserrl.build.grpo_config)."""
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
     check_fields("trainer", trainer, GRPOConfig)
     check_generation(trainer)
     _positive_int("trainer.max_steps", trainer.get("max_steps"))  # training is counted in steps, not epochs
+    _positive_int("trainer.max_completion_length", trainer.get("max_completion_length"))
     for key in ("temperature", "learning_rate"):
         if key in trainer and not trainer[key] > 0:
             raise ConfigError(f"trainer.{key}", f"must be > 0, got {trainer[key]!r}")
-    _, weights = rewards.select(dict(cfg.rewards))
-    try:
-        return GRPOConfig(
-            **trainer,
-            output_dir=str(output_dir),
-            run_name=cfg.run_name,
-            report_to=report_to,
-            reward_weights=weights,
-        )
-    except (ValueError, TypeError) as exc:
-        raise ConfigError("trainer", str(exc).splitlines()[0]) from exc
 
 
 def set_precision(cfg: DictConfig) -> None:
@@ -175,9 +166,8 @@ def check_sft(cfg: DictConfig) -> None:
     check_fields("sft.trainer", OmegaConf.to_container(cfg.sft.trainer, resolve=True), SFTConfig)
 
 
-def check_grpo(cfg: DictConfig, args: GRPOConfig) -> None:
-    """How a step draws its groups (browserrl.groups): sane numbers, an oracle for the expert, and whole
-    groups on every process (the collector plays groups; TRL groups rewards by num_generations)."""
+def check_grpo(cfg: DictConfig) -> None:
+    """How a step draws its groups (browserrl.groups): sane numbers, an oracle for the expert."""
     g = cfg.grpo
     for key in ("dynamic_sampling", "expert"):
         if not isinstance(g[key], bool):
@@ -196,6 +186,11 @@ def check_grpo(cfg: DictConfig, args: GRPOConfig) -> None:
             raise ConfigError(
                 "grpo.expert", f"no scripted oracle for {missing}; there is one for {ORACLE_TASKS}"
             )
+
+
+def check_groups(cfg: DictConfig, args: GRPOConfig) -> None:
+    """Whole groups on every process (the collector plays groups; TRL groups rewards by num_generations):
+    the built GRPOConfig tells steps_per_generation."""
     per_process = args.per_device_train_batch_size * args.steps_per_generation
     if per_process % args.num_generations:
         raise ConfigError(
@@ -247,22 +242,23 @@ def check_model(cfg: DictConfig) -> None:
             raise ConfigError("model", str(exc)) from exc
 
 
-def check_context(cfg: DictConfig, args: GRPOConfig) -> None:
+def check_context(cfg: DictConfig) -> None:
     """An episode's tokens fit the model's positions: the completion budget alone must leave room for a prompt
     (the rollout also ends an episode that would pass them), and vLLM's context must not exceed them."""
     positions = max_positions(cfg.model)
     if positions is None:
         return
-    if args.max_completion_length >= positions:
+    budget, vllm_length = cfg.trainer.max_completion_length, cfg.trainer.get("vllm_max_model_length")
+    if budget >= positions:
         raise ConfigError(
             "trainer.max_completion_length",
-            f"{args.max_completion_length} tokens leave no room for a prompt in {cfg.model.name}'s "
-            f"{positions} positions: lower it (the prompt takes 0.5k-1.5k tokens)",
+            f"{budget} tokens leave no room for a prompt in {cfg.model.name}'s {positions} positions: lower "
+            "it (the prompt takes 0.5k-1.5k tokens)",
         )
-    if args.vllm_max_model_length is not None and args.vllm_max_model_length > positions:
+    if vllm_length is not None and vllm_length > positions:
         raise ConfigError(
             "trainer.vllm_max_model_length",
-            f"{args.vllm_max_model_length} is more than {cfg.model.name}'s {positions} positions",
+            f"{vllm_length} is more than {cfg.model.name}'s {positions} positions",
         )
 
 
@@ -307,10 +303,8 @@ def check_generation(trainer: dict[str, Any]) -> None:
         )
 
 
-def validate(
-    cfg: DictConfig, output_dir: str | Path = "unused", report_to: list[str] | None = None
-) -> GRPOConfig:
-    """Every check that needs no model; returns the run's GRPOConfig (built here, once)."""
+def validate(cfg: DictConfig) -> None:
+    """Every check that needs no model, in seconds; then browserrl.build.grpo_config builds TRL's config."""
     resolve(cfg)
     _positive_int("seed", cfg.seed, minimum=0)
     _positive_int("train_seeds", cfg.train_seeds)
@@ -323,9 +317,8 @@ def validate(
         rewards.select(dict(cfg.rewards))
     except ValueError as exc:
         raise ConfigError("rewards", str(exc)) from exc
-    args = grpo_config(cfg, output_dir, report_to or [])
-    check_grpo(cfg, args)
+    check_trainer(cfg)
+    check_grpo(cfg)
     check_model(cfg)
-    check_context(cfg, args)
+    check_context(cfg)
     check_env(cfg)
-    return args

@@ -22,11 +22,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import Trainer, TrainerCallback
 
-from browserrl import baselines, oracle
+from browserrl import baselines, build, oracle
 from browserrl.analysis import markdown_table, plot_suite
 from browserrl.baselines import constant_action, constant_candidates, random_action
 from browserrl.config import task_configs
-from browserrl.generation import HFGenerator, SamplingParams
+from browserrl.generation import HFGenerator
 from browserrl.metrics import episode_metrics, jsonable
 from browserrl.modeling import cache_root, load_checkpoint, load_policy, model_identity, policy_device
 from browserrl.pool import EnvPool, env_pool
@@ -316,28 +316,17 @@ def evaluate_suite(
     device = policy_device(bool(cfg.trainer.get("use_cpu")))
     base.to(device)
     chat = ChatFormat(tokenizer, cfg.model.eot_token)
-    t = cfg.trainer
-    sampling = SamplingParams(t.temperature, t.top_p, t.get("top_k") or 0)
-
-    def generator(model: Any) -> HFGenerator:
-        return HFGenerator(
-            model, tokenizer.pad_token_id, chat.eot_id, sampling, t.bf16, cfg.infra.reuse_kv_cache
-        )
-
     with env_pool(cfg, cfg.eval.sessions, screenshot=screenshots) as pool:
         recorder = ScreenshotRecorder(pool) if screenshots else None
-        policy = model_policy(generator(base))
-        positions = base.config.max_position_embeddings
-        engine = RolloutEngine(
-            policy, recorder or pool, chat, task_configs(cfg), t.max_completion_length, positions
-        )
+        policy = model_policy(build.hf_generator(base, chat, cfg))
+        engine = build.rollout_engine(policy, recorder or pool, chat, cfg)
         suite = SuiteEvaluation(cfg, engine, out_dir, recorder, gif)
         if with_models:
-            suite.model("base", generator(base), samples, cache=True)
+            suite.model("base", build.hf_generator(base, chat, cfg), samples, cache=True)
         if with_models and checkpoint is not None:
             trained, _, _ = load_checkpoint(checkpoint)
             trained.to(device)
-            suite.model("trained", generator(trained), samples, cache=False)
+            suite.model("trained", build.hf_generator(trained, chat, cfg), samples, cache=False)
         if with_baselines:
             suite.baselines(chat)
     rows, seeds = suite.rows, suite.seeds
@@ -348,9 +337,10 @@ def evaluate_suite(
         what = f"{checkpoint} (trained) and its base model"
     else:
         what = f"the base model ({cfg.model.name}) and the baselines"
+    temperature = build.sampling(cfg).temperature
     (out_dir / "success_table.md").write_text(
         f"Held-out evaluation of {what} on {len(suite.tasks)} tasks, seeds {seeds[0]}..{seeds[-1]}: success "
-        f"rate, greedy and sampled ({samples} per seed, temperature {t.temperature}). A task whose best "
+        f"rate, greedy and sampled ({samples} per seed, temperature {temperature}). A task whose best "
         f"constant action solves >= {NOT_READING} of the seeds does not read the page: it is left out of the "
         "suite mean.\n\n"
         + markdown_table(summary_rows(rows))

@@ -15,9 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from browserrl.pool import EnvPool
 from browserrl.prompts import AXNode, parse_axtree, target_turn
-from browserrl.rollout import ChatFormat, RolloutEngine, scripted_policy
 
 #: An oracle: (goal, AX tree) -> the next action, or None when it does not know the page.
 Oracle = Callable[[str, str], str | None]
@@ -46,21 +44,15 @@ def act(obs: Any) -> str | None:
     return oracle_action(obs.metadata.get("task_name", ""), obs.goal, obs.axtree_txt or "")
 
 
-def demonstrator(
-    pool: EnvPool,
-    chat: ChatFormat,
-    tasks: Mapping[str, DictConfig],
-    max_tokens: int | None,
-    max_positions: int | None = None,
-) -> RolloutEngine:
-    """The rollout engine with the oracle playing the turns, each written as the task's prompt teaches the
-    model to write it (prompts.target_turn): its episodes are demonstrations in the policy's own format."""
+def demonstration_turn(tasks: Mapping[str, DictConfig]) -> Callable[[Any], str | None]:
+    """The oracle's turn, written as the task's prompt teaches the model to write it (prompts.target_turn):
+    played by browserrl.build.demonstrator, its episodes are demonstrations in the policy's own format."""
 
     def turn(obs: Any) -> str | None:
         action = act(obs)
         return action and target_turn(action, obs.axtree_txt or "", tasks[obs.metadata["task_name"]])
 
-    return RolloutEngine(scripted_policy(turn, chat), pool, chat, tasks, max_tokens, max_positions)
+    return turn
 
 
 def simple_action(goal: str, axtree: str) -> str | None:

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import SFTConfig, SFTTrainer
 
-from browserrl import oracle
+from browserrl import build
 from browserrl.config import task_configs
 from browserrl.lm_head import compact_lm_head
 from browserrl.modeling import load_policy, lora_config
@@ -104,13 +104,12 @@ def train_sft(
     return final
 
 
-def warm_up(cfg: DictConfig, pool: EnvPool, out_dir: Path, max_tokens: int | None = None) -> Path:
-    """Demonstrations played on `pool`, SFT of cfg.model, the checkpoint folder. `max_tokens` bounds an
-    episode's completion as in GRPO (trainer.max_completion_length)."""
+def warm_up(cfg: DictConfig, pool: EnvPool, out_dir: Path) -> Path:
+    """Demonstrations played on `pool` (within GRPO's episode token budget), SFT of cfg.model, the checkpoint
+    folder."""
     model, tokenizer = load_policy(cfg.model, trains_weights=True)  # the merge, too, in fp32
     chat = ChatFormat(tokenizer, cfg.model.eot_token)
-    tasks = task_configs(cfg, list(cfg.sft.tasks))
-    engine = oracle.demonstrator(pool, chat, tasks, max_tokens, model.config.max_position_embeddings)
+    engine = build.demonstrator(pool, chat, cfg, task_configs(cfg, list(cfg.sft.tasks)))
     demos = collect_demonstrations(engine, demonstration_instances(cfg.sft))
     pool.release()  # idle sessions would take CPU from SFT; GRPO reopens them
     if not demos:

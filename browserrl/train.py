@@ -22,12 +22,12 @@ from datasets import Dataset
 from omegaconf import DictConfig, OmegaConf
 from transformers import PrinterCallback, set_seed
 
-from browserrl import oracle, rewards
+from browserrl import build, rewards
 from browserrl.analysis import peak_memory_mb, reset_peak_memory
 from browserrl.config import task_configs, validate
 from browserrl.curriculum import SamplerCheckpoint, TaskSampler
 from browserrl.evaluate import PeriodicEval, heldout_report
-from browserrl.generation import HFGenerator, SamplingParams, VLLMGenerator
+from browserrl.generation import VLLMGenerator
 from browserrl.groups import GroupCollector
 from browserrl.grpo import GRPOTrainer, StopWhenIdle, sum_over_processes
 from browserrl.metrics import JsonlLogger, ProgressBar, jsonable
@@ -70,19 +70,19 @@ def _read(path: Path) -> str:
     return path.read_text() if path.exists() else ""
 
 
-def make_rollout_func(
-    collector: GroupCollector, sampling: SamplingParams, hf_generator: Callable[[Any], HFGenerator]
-) -> Callable[[list[str], GRPOTrainer], dict]:
+def make_rollout_func(collector: GroupCollector, cfg: DictConfig) -> Callable[[list[str], GRPOTrainer], dict]:
     """TRL calls this with one generation batch of prompts, `num_generations` per group: the collector plays
     that many groups on the current policy, each of one (task, seed) instance its task sampler draws, and
     hands over groups that teach (browserrl.groups); the prompts themselves carry nothing."""
 
+    chat = collector.engine.chat
+
     def rollout_func(prompts: list[str], trainer: GRPOTrainer) -> dict[str, Any]:
         wait_for_weights(trainer)
         if trainer.args.use_vllm:
-            generator = VLLMGenerator.from_trainer(trainer, collector.engine.chat.eot_id, sampling)
+            generator = VLLMGenerator.from_trainer(trainer, chat.eot_id, build.sampling(cfg))
         else:
-            generator = hf_generator(trainer.accelerator.unwrap_model(trainer.model))
+            generator = build.hf_generator(trainer.accelerator.unwrap_model(trainer.model), chat, cfg)
         collector.engine.policy = model_policy(generator)
         step = collector.collect(len(prompts) // trainer.num_generations)
         trainer.note_dropped(step.tokens_dropped)
@@ -123,7 +123,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     started = time.time()
     reset_peak_memory()  # a multirun's runs share this process: each run reports its own peak
     report_to = ["wandb"] if cfg.logger.name == "wandb" else []
-    args = validate(cfg, run_dir / "checkpoints", report_to)  # seconds, naming the key, before any model
+    validate(cfg)  # seconds, naming the key, before any model
+    args = build.grpo_config(cfg, run_dir / "checkpoints", report_to)
     # Several processes (accelerate launch, torchrun): each plays and trains on its own groups; the first
     # alone plays the held-out evaluations and writes the run's records (config, metrics, W&B, summary).
     rank = int(os.environ.get("RANK", 0))
@@ -140,7 +141,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         demonstrations = 0
         if cfg.sft.enabled:  # scripted-oracle SFT warm-up; GRPO then starts from its checkpoint
             with clock("time/sft_s"):
-                sft_final = warm_up(cfg, pool, run_dir / "sft", args.max_completion_length)
+                sft_final = warm_up(cfg, pool, run_dir / "sft")
             demonstrations = json.loads((sft_final.parent / "sft_summary.json").read_text())["demonstrations"]
             start_from(cfg, sft_final)
             if main:
@@ -148,19 +149,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         model, tokenizer = load_policy(cfg.model, trains_weights=cfg.tuning.name == "full")
         model.to(policy_device(args.use_cpu))
         chat = ChatFormat(tokenizer, cfg.model.eot_token)
-        sampling = SamplingParams(args.temperature, args.top_p, args.top_k or 0)
-
-        def hf_generator(policy: Any) -> HFGenerator:
-            """transformers generate on `policy`: the base model now, the trained one (maybe PEFT) later."""
-            return HFGenerator(
-                policy, tokenizer.pad_token_id, chat.eot_id, sampling, args.bf16, cfg.infra.reuse_kv_cache
-            )
-
         tasks = task_configs(
             cfg, [*cfg.suite.tasks, *(cfg.transfer.suite.tasks if cfg.get("transfer") else [])]
         )
-        budget = (args.max_completion_length, model.config.max_position_embeddings)
-        engine = RolloutEngine(model_policy(hf_generator(model)), pool, chat, tasks, *budget)
+        engine = build.rollout_engine(
+            model_policy(build.hf_generator(model, chat, cfg)), pool, chat, cfg, tasks
+        )
         wandb_run = start_wandb(cfg, run_dir) if main else None
         if wandb_run is not None:
             stack.callback(wandb_run.finish)
@@ -180,7 +174,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             g.sampling_floor,
             cfg.seed + rank,  # each process draws its own instances
         )
-        expert = oracle.demonstrator(pool, chat, tasks, *budget) if g.expert else None
+        expert = build.demonstrator(pool, chat, cfg, tasks) if g.expert else None
         collector = GroupCollector(
             engine, sampler, rewards.scorer(dict(cfg.rewards)), args.num_generations, g.dynamic_sampling,
             g.max_draws_per_group, expert,
@@ -192,7 +186,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             train_dataset=group_slots(cfg),
             processing_class=tokenizer,
             peft_config=lora_config(cfg),
-            rollout_func=make_rollout_func(collector, sampling, hf_generator),
+            rollout_func=make_rollout_func(collector, cfg),
         )
         trainer.remove_callback(PrinterCallback)  # the progress bar and metrics.jsonl replace its raw dicts
         if main:  # a step's line holds every process's episodes (TRL gathers them): one writer
@@ -232,7 +226,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             )
             summary |= repeat_start(summary, run_dir, start)
         elif cfg.eval.after:
-            engine.policy = model_policy(hf_generator(trainer.accelerator.unwrap_model(trainer.model)))
+            trained_policy = trainer.accelerator.unwrap_model(trainer.model)
+            engine.policy = model_policy(build.hf_generator(trained_policy, chat, cfg))
             with clock("time/eval_s"):
                 summary |= evaluate(engine, cfg, "eval", run_dir)
         summary |= peak_memory_mb()

@@ -1,5 +1,5 @@
 """What a book-flight episode costs: the scripted oracle plays held-out seeds through the env server, through
-the same rollout engine as GRPO (browserrl.oracle.demonstrator), so the episodes are tokenized as a rollout's.
+the same rollout engine as GRPO (browserrl.build.demonstrator), so the episodes are tokenized as a rollout's.
 
     python scripts/bench_book_flight.py task=book-flight                             # 32 held-out seeds
     python scripts/bench_book_flight.py task=book-flight task.prompt.compact=false   # without compaction
@@ -21,8 +21,7 @@ import time
 import hydra
 from omegaconf import DictConfig
 
-from browserrl import oracle
-from browserrl.config import task_configs
+from browserrl import build
 from browserrl.modeling import load_tokenizer, resolve_model_path
 from browserrl.pool import env_pool
 from browserrl.rollout import ChatFormat, Episode
@@ -42,7 +41,7 @@ def main(cfg: DictConfig) -> None:
     seeds = range(cfg.eval.first_seed, cfg.eval.first_seed + cfg.eval.num_seeds)
     chat = ChatFormat(load_tokenizer(resolve_model_path(cfg.model)), cfg.model.eot_token)
     with env_pool(cfg) as pool:
-        engine = oracle.demonstrator(pool, chat, task_configs(cfg), None)  # unbounded: measure whole episodes
+        engine = build.demonstrator(pool, chat, cfg, bounded=False)  # measure whole episodes
         start = time.perf_counter()
         demos = collect_demonstrations(engine, [("book-flight", s) for s in seeds])
         seconds = time.perf_counter() - start

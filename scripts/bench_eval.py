@@ -25,14 +25,14 @@ from typing import Any
 
 import psutil
 
+from browserrl import build
 from browserrl.analysis import peak_memory_mb, reset_peak_memory
 from browserrl.compose import compose
-from browserrl.config import task_configs, validate
+from browserrl.config import validate
 from browserrl.evaluate import heldout_report
-from browserrl.generation import HFGenerator, SamplingParams
 from browserrl.modeling import load_policy
 from browserrl.pool import env_pool
-from browserrl.rollout import ChatFormat, RolloutEngine, model_policy
+from browserrl.rollout import ChatFormat, model_policy
 
 
 class MachinePeak:
@@ -65,24 +65,17 @@ def main() -> None:
     validate(cfg)
     model, tokenizer = load_policy(cfg.model)
     chat = ChatFormat(tokenizer, cfg.model.eot_token)
-    t = cfg.trainer
-    sampling = SamplingParams(t.temperature, t.top_p, t.get("top_k") or 0)
-    generator = HFGenerator(
-        model, tokenizer.pad_token_id, chat.eot_id, sampling, t.bf16, cfg.infra.reuse_kv_cache
-    )
+    generator = build.hf_generator(model, chat, cfg)
     episodes = len(cfg.suite.tasks) * cfg.eval.num_seeds * (2 if cfg.eval.greedy else 1)
     report: dict[str, Any] = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, bf16={t.bf16}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, bf16={cfg.trainer.bf16}",
         "overrides": args.overrides,
         "episodes": episodes,
     }
     counts = [int(s) for s in args.sessions.split(",")]
     cfg.eval.sessions = max(counts)  # the local server's capacity
     with env_pool(cfg) as pool:
-        positions = model.config.max_position_embeddings
-        engine = RolloutEngine(
-            model_policy(generator), pool, chat, task_configs(cfg), t.max_completion_length, positions
-        )
+        engine = build.rollout_engine(model_policy(generator), pool, chat, cfg)
         for sessions in counts:
             cfg.eval.sessions = sessions
             reset_peak_memory()

@@ -32,9 +32,9 @@ from omegaconf import DictConfig
 from transformers import PrinterCallback, TrainerCallback
 from trl import GRPOConfig
 
-from browserrl import grpo, oracle, rewards
+from browserrl import build, grpo, rewards
 from browserrl.compose import compose
-from browserrl.config import task_configs, validate
+from browserrl.config import validate
 from browserrl.curriculum import TaskSampler
 from browserrl.modeling import load_policy, load_tokenizer, lora_config, resolve_model_path
 from browserrl.pool import env_pool
@@ -74,12 +74,12 @@ class StepTimer(TrainerCallback):
         print(json.dumps({"step": state.global_step, "seconds": round(self.seconds[-1], 1)}), flush=True)
 
 
-def record(cfg: DictConfig, prompts: list[str], max_tokens: int) -> dict[str, Episode]:
+def record(cfg: DictConfig, prompts: list[str]) -> dict[str, Episode]:
     """The oracle's episode of each distinct instance, by its dataset prompt."""
     chat = ChatFormat(load_tokenizer(resolve_model_path(cfg.model)), cfg.model.eot_token)
     distinct = sorted(set(prompts))
     with env_pool(cfg) as pool:
-        engine = oracle.demonstrator(pool, chat, task_configs(cfg), max_tokens)
+        engine = build.demonstrator(pool, chat, cfg)
         episodes = engine.play([parse_instance(p) for p in distinct], progress="oracle").episodes
     return dict(zip(distinct, episodes))
 
@@ -135,11 +135,12 @@ def main() -> None:
     overrides = opts.overrides or ["+experiment=cpu_suite"]
     cfg = compose(*overrides, "logger=none", "trainer.save_strategy=no", f"trainer.max_steps={opts.steps}")
     out = tempfile.mkdtemp(prefix="bench-grpo-trainer-")
-    args = validate(cfg, out)
+    validate(cfg)
+    args = build.grpo_config(cfg, out)
     groups = args.per_device_train_batch_size * args.gradient_accumulation_steps // args.num_generations
     drawn = TaskSampler(cfg.suite.tasks, cfg.train_seeds, seed=cfg.seed).draw(groups * opts.steps)
     prompts = [instance_prompt(task, seed) for task, seed in drawn]
-    episodes = record(cfg, prompts, args.max_completion_length)
+    episodes = record(cfg, prompts)
 
     report: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, bf16={args.bf16}",

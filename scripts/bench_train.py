@@ -86,10 +86,10 @@ def sft(
             per_step = trainer.per_device_train_batch_size * trainer.gradient_accumulation_steps
             trainer.per_device_train_batch_size = micro_batch
             trainer.gradient_accumulation_steps = per_step // micro_batch
-    args = validate(cfg)
+    validate(cfg)
     with env_pool(cfg) as pool:
         start = time.perf_counter()
-        final = warm_up(cfg, pool, out, args.max_completion_length)
+        final = warm_up(cfg, pool, out)
         seconds = time.perf_counter() - start
     stats = json.loads((final.parent / "sft_summary.json").read_text())
     return {

@@ -1,5 +1,5 @@
 """Record the episodes that scripts/device_check.py trains on: the scripted oracle plays click-button and
-book-flight through the real env server and the repo's RolloutEngine (browserrl.oracle.demonstrator), and
+book-flight through the real env server and the repo's RolloutEngine (browserrl.build.demonstrator), and
 each solved episode is kept as the rollout_func contract's token sequence (prompt_ids, completion_ids,
 env_mask), tokenized with the packaged SmolLM2 tokenizer.
 
@@ -20,7 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
-from browserrl import oracle
+from browserrl import build
 from browserrl.compose import compose
 from browserrl.modeling import load_tokenizer, prepare_packaged_model
 from browserrl.pool import env_pool
@@ -62,7 +62,7 @@ def main() -> None:
     wanted = {"click-button": args.click_button, "book-flight": args.book_flight}
     instances = [(task, args.first_seed + i) for task, n in wanted.items() for i in range(n)]
     with env_pool(flight) as pool:  # the server's episode cap is book-flight's (15), the longer one
-        engine = oracle.demonstrator(pool, chat, tasks, flight.trainer.max_completion_length)
+        engine = build.demonstrator(pool, chat, flight, tasks)
         episodes = collect_demonstrations(engine, instances)
     solved = {task: sum(e.task == task for e in episodes) for task in wanted}
     if solved != wanted:

@@ -29,11 +29,11 @@ def main(cfg: DictConfig) -> None:
         raise SystemExit("choose the warm-up: sft=oracle")
     run_dir = Path(HydraConfig.get().runtime.output_dir) / "sft"
     try:
-        args = validate(cfg)
+        validate(cfg)
     except ConfigError as exc:
         raise SystemExit(f"config error: {exc}") from None
     with env_pool(cfg) as pool:
-        final = warm_up(cfg, pool, run_dir, args.max_completion_length)
+        final = warm_up(cfg, pool, run_dir)
     log.info(
         "GRPO from it: python train.py model=%s model.source=path model.name_or_path=%s",
         cfg.model.name,

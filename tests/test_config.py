@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from browserrl.config import ConfigError, grpo_config, task_configs, validate
+from browserrl.build import grpo_config
+from browserrl.config import ConfigError, task_configs, validate
 from browserrl.env.tasks import canonical_task
 from browserrl.oracle import ORACLES
 
@@ -108,7 +109,9 @@ def test_groups_override_the_base_trainer_block(compose_cfg, overrides, expected
 
 
 def test_trainer_block_reaches_grpo_config(compose_cfg):
-    args = grpo_config(compose_cfg("trainer.max_steps=2", "trainer.learning_rate=0.003"), "unused", [])
+    cfg = compose_cfg("trainer.max_steps=2", "trainer.learning_rate=0.003")
+    validate(cfg)
+    args = grpo_config(cfg)
     assert args.max_steps == 2 and args.learning_rate == 0.003
 
 
@@ -165,8 +168,11 @@ def test_trainer_block_reaches_grpo_config(compose_cfg):
     ],
 )
 def test_bad_config_names_the_key(compose_cfg, overrides, key):
+    """What a run does first: validate, then build TRL's config (browserrl.train.run)."""
+    cfg = compose_cfg(*overrides)
     with pytest.raises(ConfigError) as err:
-        validate(compose_cfg(*overrides))
+        validate(cfg)
+        grpo_config(cfg)
     assert err.value.key == key
 
 

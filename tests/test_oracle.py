@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from browserrl.config import task_configs
+from browserrl.build import demonstrator
 from browserrl.modeling import load_tokenizer, resolve_model_path
-from browserrl.oracle import book_flight_action, demonstrator, oracle_action
+from browserrl.oracle import book_flight_action, oracle_action
 from browserrl.pool import EnvPool
 from browserrl.rollout import ChatFormat
 from browserrl.sft import collect_demonstrations
@@ -95,7 +95,7 @@ def test_book_flight_oracle_solves_real_pages(compose_cfg, env_url):
     seeds = [3, 11, 1000071]
     pool = EnvPool(lambda _: [env_url], size=len(seeds))
     try:
-        engine = demonstrator(pool, chat, task_configs(cfg), None)  # the task's 0.4 s observation delay
+        engine = demonstrator(pool, chat, cfg, bounded=False)  # the task's 0.4 s observation delay
         demos = collect_demonstrations(engine, [("book-flight", s) for s in seeds])
     finally:
         pool.close()
@@ -113,7 +113,7 @@ def test_suite_oracles_solve_real_pages(compose_cfg, env_url, suite):
     chat = ChatFormat(load_tokenizer(resolve_model_path(cfg.model)), cfg.model.eot_token)
     pool = EnvPool(lambda _: [env_url], size=8)
     try:
-        engine = demonstrator(pool, chat, task_configs(cfg), None)
+        engine = demonstrator(pool, chat, cfg, bounded=False)
         episodes = engine.play(
             [(t, s) for t in cfg.suite.tasks for s in (1000000, 1000001, 1000002)]
         ).episodes

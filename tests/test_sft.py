@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from omegaconf import open_dict
 
+from browserrl.build import demonstrator
 from browserrl.config import task_configs, validate
 from browserrl.modeling import load_policy
-from browserrl.oracle import demonstrator
 from browserrl.pool import EnvPool
 from browserrl.rollout import ChatFormat
 from browserrl.sft import (
@@ -41,7 +41,7 @@ def test_demonstrations_train_a_loadable_checkpoint(compose_cfg, root, env_url, 
     instances = [("click-test", 1), ("click-button", 1), ("focus-text", 1), ("enter-text", 1)]
     pool = EnvPool(lambda _: [env_url], size=4)
     try:
-        engine = demonstrator(pool, chat, task_configs(cfg, [t for t, _ in instances]), None)
+        engine = demonstrator(pool, chat, cfg, task_configs(cfg, [t for t, _ in instances]), bounded=False)
         demos = collect_demonstrations(engine, instances)
     finally:
         pool.close()

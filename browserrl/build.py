@@ -1,0 +1,93 @@
+"""A validated config turned into a run's parts, in one place: TRL's GRPOConfig, the sampler's settings, the
+transformers generator, and the rollout engines (the policy's, the scripted oracle's). Training, the SFT
+warm-up, evaluation and the benchmark scripts build through these functions, so the token budget, the
+model's positions, the sampling settings and the precision reach every rollout the same way
+(tests/test_build.py checks that nothing else constructs them). The env sessions come from
+`browserrl.pool.env_pool`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from trl import GRPOConfig
+
+from browserrl import oracle, rewards
+from browserrl.config import ConfigError, check_groups, task_configs
+from browserrl.generation import HFGenerator, SamplingParams
+from browserrl.modeling import max_positions
+from browserrl.pool import EnvPool
+from browserrl.rollout import ChatFormat, Policy, RolloutEngine, scripted_policy
+
+
+def grpo_config(
+    cfg: DictConfig, output_dir: str | Path = "unused", report_to: Sequence[str] = ()
+) -> GRPOConfig:
+    """`GRPOConfig(**cfg.trainer)` of a validated config (browserrl.config.validate), with the run's name,
+    output dir and reward weights; what only the built object tells (whole groups per process) is checked."""
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    _, weights = rewards.select(dict(cfg.rewards))
+    try:
+        args = GRPOConfig(
+            **trainer,
+            output_dir=str(output_dir),
+            run_name=cfg.run_name,
+            report_to=list(report_to),
+            reward_weights=weights,
+        )
+    except (ValueError, TypeError) as exc:
+        raise ConfigError("trainer", str(exc).splitlines()[0]) from exc
+    check_groups(cfg, args)
+    return args
+
+
+def sampling(cfg: DictConfig) -> SamplingParams:
+    """The trainer's sampling settings (temperature, top_p, top_k; GRPOConfig's defaults where unset)."""
+    t = cfg.trainer
+    return SamplingParams(t.get("temperature", 1.0), t.get("top_p", 1.0), t.get("top_k") or 0)
+
+
+def hf_generator(model: Any, chat: ChatFormat, cfg: DictConfig) -> HFGenerator:
+    """transformers generate on `model` (the base model, a checkpoint, the policy in training): the trainer's
+    sampling and autocast (trainer.bf16, from infra.precision), the infra's key/value reuse."""
+    return HFGenerator(
+        model,
+        chat.tokenizer.pad_token_id,
+        chat.eot_id,
+        sampling(cfg),
+        bool(cfg.trainer.get("bf16")),
+        cfg.infra.reuse_kv_cache,
+    )
+
+
+def rollout_engine(
+    policy: Policy,
+    pool: EnvPool,
+    chat: ChatFormat,
+    cfg: DictConfig,
+    tasks: Mapping[str, DictConfig] | None = None,
+    bounded: bool = True,
+) -> RolloutEngine:
+    """Episodes of `tasks` (default: the suite's) played by `policy`, each within the episode token budget
+    (trainer.max_completion_length) and the model's positions; `bounded=False` lifts both (a benchmark
+    that measures whole oracle episodes)."""
+    tasks = tasks if tasks is not None else task_configs(cfg)
+    budget = (cfg.trainer.max_completion_length, max_positions(cfg.model)) if bounded else (None, None)
+    return RolloutEngine(policy, pool, chat, tasks, *budget)
+
+
+def demonstrator(
+    pool: EnvPool,
+    chat: ChatFormat,
+    cfg: DictConfig,
+    tasks: Mapping[str, DictConfig] | None = None,
+    bounded: bool = True,
+) -> RolloutEngine:
+    """The rollout engine with the scripted oracle playing the turns in the policy's own format
+    (oracle.demonstration_turn): SFT's demonstrations and GRPO's expert episodes."""
+    tasks = tasks if tasks is not None else task_configs(cfg)
+    policy = scripted_policy(oracle.demonstration_turn(tasks), chat)
+    return rollout_engine(policy, pool, chat, cfg, tasks, bounded)
