@@ -11,7 +11,6 @@ number it plots was taken.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import math
@@ -440,31 +439,3 @@ def write_report(runs: list[Run], out_dir: str | Path) -> dict[str, Path]:
         + (f"\nHeld-out success per task (sampled; greedy):\n\n{per_task}" if per_task else "")
     )
     return written
-
-
-def reset_peak_memory() -> None:
-    """Start a fresh peak for this run: the runs of a local multirun share one process, so the process-wide
-    high-water mark (ru_maxrss) would carry one run's peak into the next."""
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM to the current RSS
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-
-
-def peak_memory_mb() -> dict[str, float]:
-    """`peak_rss_mb` of this process since `reset_peak_memory` (VmHWM; ru_maxrss where /proc is missing) and
-    `peak_gpu_mb` (torch's peak allocation) on CUDA."""
-    status = Path("/proc/self/status")
-    match = re.search(r"VmHWM:\s+(\d+) kB", status.read_text()) if status.exists() else None
-    if match:
-        peak = {"peak_rss_mb": int(match.group(1)) / 1024}
-    else:
-        import resource
-
-        scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
-        peak = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20}
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        peak["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    return peak

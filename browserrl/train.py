@@ -23,13 +23,13 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import PrinterCallback, set_seed
 
 from browserrl import build, rewards
-from browserrl.analysis import peak_memory_mb, reset_peak_memory
 from browserrl.config import task_configs, validate
 from browserrl.curriculum import SamplerCheckpoint, TaskSampler
 from browserrl.evaluate import PeriodicEval, heldout_report
 from browserrl.generation import VLLMGenerator
 from browserrl.groups import GroupCollector
 from browserrl.grpo import GRPOTrainer, StopWhenIdle, sum_over_processes
+from browserrl.memory import peak_memory_mb, reset_peak_memory
 from browserrl.metrics import JsonlLogger, ProgressBar, jsonable
 from browserrl.modeling import count_parameters, load_policy, lora_config, policy_device
 from browserrl.pool import env_pool

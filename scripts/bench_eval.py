@@ -26,10 +26,10 @@ from typing import Any
 import psutil
 
 from browserrl import build
-from browserrl.analysis import peak_memory_mb, reset_peak_memory
 from browserrl.compose import compose
 from browserrl.config import validate
 from browserrl.evaluate import heldout_report
+from browserrl.memory import peak_memory_mb, reset_peak_memory
 from browserrl.modeling import load_policy
 from browserrl.pool import env_pool
 from browserrl.rollout import ChatFormat, model_policy

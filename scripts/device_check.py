@@ -56,10 +56,11 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from transformers import AutoModelForCausalLM, Lfm2Config, PrinterCallback, TrainerCallback  # noqa: E402
 from trl import GRPOConfig  # noqa: E402
 
-from browserrl.analysis import markdown_table, peak_memory_mb, reset_peak_memory  # noqa: E402
+from browserrl.analysis import markdown_table  # noqa: E402
 from browserrl.compose import compose  # noqa: E402
 from browserrl.generation import HFGenerator, SamplingParams  # noqa: E402
 from browserrl.grpo import GRPOTrainer  # noqa: E402
+from browserrl.memory import peak_memory_mb, reset_peak_memory  # noqa: E402
 from browserrl.modeling import (  # noqa: E402
     count_parameters,
     load_tokenizer,
