@@ -303,14 +303,17 @@ def check_generation(trainer: dict[str, Any]) -> None:
         )
 
 
-def validate(cfg: DictConfig) -> None:
-    """Every check that needs no model, in seconds; then browserrl.build.grpo_config builds TRL's config."""
+def validate(cfg: DictConfig, trains: bool = True) -> None:
+    """Every check that needs no model, in seconds; then browserrl.build.grpo_config builds TRL's config.
+    `trains=False` (an evaluation): what only training reads (LoRA, the SFT warm-up, GRPO's group drawing)
+    is not checked, so a suite narrowed for an evaluation is not refused for the warm-up it will not run."""
     resolve(cfg)
     _positive_int("seed", cfg.seed, minimum=0)
     _positive_int("train_seeds", cfg.train_seeds)
     check_tasks(cfg)
-    check_lora(cfg)
-    check_sft(cfg)
+    if trains:
+        check_lora(cfg)
+        check_sft(cfg)
     check_eval(cfg)
     set_precision(cfg)
     try:
@@ -318,7 +321,8 @@ def validate(cfg: DictConfig) -> None:
     except ValueError as exc:
         raise ConfigError("rewards", str(exc)) from exc
     check_trainer(cfg)
-    check_grpo(cfg)
+    if trains:
+        check_grpo(cfg)
     check_model(cfg)
     check_context(cfg)
     check_env(cfg)

@@ -65,7 +65,7 @@ def main() -> None:
             cfg.trainer.pop("bf16", None)  # validate sets it again from infra.precision, on this machine
             cfg.eval.setdefault("sessions", cfg.env.sessions)  # a run saved before eval.sessions existed
     try:
-        validate(cfg)
+        validate(cfg, trains=False)  # an evaluation trains nothing: sft.*, grpo.*, lora.* are not read
     except ConfigError as exc:
         raise SystemExit(f"config error: {exc}") from None
     if args.out:

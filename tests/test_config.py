@@ -181,3 +181,13 @@ def test_task_names():
     assert canonical_task("book-flight") == "book-flight"
     with pytest.raises(ValueError, match="click-button"):  # the error names similar tasks
         canonical_task("click-buton")
+
+
+def test_an_evaluation_is_not_refused_for_training_settings(compose_cfg):
+    """scripts/evaluate.py on a narrowed suite: the recipe's SFT settings name tasks it no longer has, and an
+    evaluation runs no SFT."""
+    cfg = compose_cfg("+experiment=cpu_suite", "suite.tasks=[click-dialog-2,focus-text-2]")
+    with pytest.raises(ConfigError) as err:
+        validate(cfg.copy())
+    assert err.value.key == "sft.episodes_by_task.click-checkboxes"
+    validate(cfg, trains=False)
