@@ -20,11 +20,12 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from transformers import Trainer, TrainerCallback
+from transformers import TrainerCallback
 
 from browserrl import baselines, build, oracle
 from browserrl.analysis import markdown_table, plot_suite
 from browserrl.baselines import constant_action, constant_candidates, random_action
+from browserrl.compat import log_line
 from browserrl.config import task_configs
 from browserrl.generation import HFGenerator
 from browserrl.metrics import episode_metrics, jsonable
@@ -170,8 +171,7 @@ class PeriodicEval(TrainerCallback):
 
     It runs after that step's training log line and logs its own line at the same step through the HF
     Trainer's `log` (metrics.jsonl, W&B), so the analysis can draw held-out curves next to the training
-    ones. `transformers.Trainer.log`, not GRPOTrainer's: TRL's would add the step's training metrics, which
-    it clears only after this callback returns, to the eval line.
+    ones. `transformers.Trainer.log`, not GRPOTrainer's (browserrl.compat.log_line).
     """
 
     def __init__(self, engine: RolloutEngine, cfg: DictConfig, trainer: Any):
@@ -183,7 +183,7 @@ class PeriodicEval(TrainerCallback):
         step = state.global_step
         if self.every and step % self.every == 0 and step != self.last_step and "reward" in (logs or {}):
             self.last_step = step  # the log below calls on_log again: that call returns here
-            Trainer.log(self.trainer, heldout_report(self.engine, self.cfg, "eval"))
+            log_line(self.trainer, heldout_report(self.engine, self.cfg, "eval"))
 
 
 def task_rows(policy: str, decoding: str, episodes: Sequence[Episode], **extra: Any) -> list[dict[str, Any]]:

@@ -18,6 +18,8 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
+from browserrl.compat import weights_version
+
 
 @dataclass
 class Turn:
@@ -75,7 +77,7 @@ class PrefixCache:
         self.weights_version = -1
 
     def check_weights(self, model: torch.nn.Module) -> None:
-        version = sum(p._version for p in model.parameters())
+        version = weights_version(model)
         if version != self.weights_version:
             self.entries, self.weights_version = [], version
 

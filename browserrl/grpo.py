@@ -1,6 +1,6 @@
 """TRL's GRPOTrainer, computing only what a loss uses: no forward/backward for episodes with nothing to teach,
 each micro-batch cut to its own length, and an LM head projecting only the completion's positions on CPU too
-(browserrl.lm_head).
+(browserrl.compat).
 
 Nothing to teach: with no KL term (beta 0), no entropy bonus, no auxiliary loss and no entropy mask, an
 episode whose advantage is 0 (its group's rewards were all equal, or an env error made it unscorable)
@@ -46,7 +46,7 @@ import torch
 import trl
 from transformers import TrainerCallback
 
-from browserrl.lm_head import compact_lm_head
+from browserrl.compat import compact_lm_head, micro_batches, record_metric
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +166,7 @@ class GRPOTrainer(trl.GRPOTrainer):
         share = masked_share(output, self.args.vllm_importance_sampling_mode)
         if share is not None:
             masked, total = sum_over_processes(self.accelerator, list(share))
-            mode = "train" if self.model.training else "eval"
-            self._metrics[mode]["sampling/is_masked"].append(masked / total if total else 0.0)
+            record_metric(self, "sampling/is_masked", masked / total if total else 0.0)
         return output
 
     def training_step(
@@ -181,9 +180,9 @@ class GRPOTrainer(trl.GRPOTrainer):
         started = time.perf_counter()
         loss = super().training_step(model, inputs, num_items_in_batch)
         self.step_tokens.train_s += time.perf_counter() - started
-        if self._step % self.current_gradient_accumulation_steps == 0:  # TRL counts micro-batches
+        if micro_batches(self) % self.current_gradient_accumulation_steps == 0:  # the step's last
             for key, value in self.step_tokens.metrics().items():
-                self._metrics["train"][key].append(value)
+                record_metric(self, key, value)
             self.trained_total += self.step_tokens.trained
             self.last_step, self.step_tokens = self.step_tokens, StepTokens()
         return loss

@@ -24,8 +24,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import SFTConfig, SFTTrainer
 
 from browserrl import build
+from browserrl.compat import compact_lm_head
 from browserrl.config import task_configs
-from browserrl.lm_head import compact_lm_head
 from browserrl.modeling import load_policy, lora_config
 from browserrl.pool import EnvPool
 from browserrl.rollout import ChatFormat, Episode, RolloutEngine

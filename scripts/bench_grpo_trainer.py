@@ -9,7 +9,7 @@ trains the same steps on those episodes, replayed by its rollout_func, so the ti
 (forward/backward, optimizer) on identical inputs. Trainers: `trl`, TRL's as it is (every micro-batch at the
 step's padded width, the LM head over every position on CPU); `own-width`, TRL's with each micro-batch cut
 to its own length (browserrl.grpo.trim_padding); `browserrl`, that and the compact LM head
-(browserrl.lm_head). Extra arguments are train.py overrides (default: +experiment=cpu_suite).
+(browserrl.compat.compact_lm_head). Extra arguments are train.py overrides (default: +experiment=cpu_suite).
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ import trl
 from helpers import scoring_trainer
 from omegaconf import OmegaConf
 
+from browserrl.compat import compact_lm_head
 from browserrl.grpo import GRPOTrainer, trim_padding
-from browserrl.lm_head import compact_lm_head
 from browserrl.modeling import load_policy
 
 PAD = 0

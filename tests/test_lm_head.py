@@ -1,4 +1,5 @@
-"""browserrl.lm_head: TRL's fused LM head scores only labelled positions on CPU, with the same values."""
+"""browserrl.compat.compact_lm_head: TRL's fused LM head scores only labelled positions on CPU, with the
+same values."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 import trl.trainer.utils as trl_utils
 from omegaconf import OmegaConf
 
-from browserrl.lm_head import compact_lm_head
+from browserrl.compat import compact_lm_head
 from browserrl.modeling import load_policy
 
 

@@ -48,7 +48,8 @@ class BrowserGymEnv(EnvClient[BrowserGymAction, BrowserGymObservation, BrowserGy
         return BrowserGymState.model_validate(payload)
 
     async def _send_and_receive(self, message: dict[str, Any]) -> dict[str, Any]:
-        """As openenv's, but server errors raise :class:`EnvServerRefused` carrying the error code."""
+        """As openenv's, but server errors raise :class:`EnvServerRefused` carrying the error code (openenv
+        private methods, browserrl.env.compat.OPENENV_CLIENT_METHODS)."""
         # A refused session is closed before our message arrives; the server's reason is still queued.
         with contextlib.suppress(ConnectionClosed):
             await self._send(message)

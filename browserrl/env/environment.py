@@ -30,13 +30,7 @@ from uuid import uuid4
 
 from browsergym.core.action.highlevel import HighLevelActionSet
 from browsergym.core.constants import BROWSERGYM_ID_ATTRIBUTE
-from browsergym.core.observation import (
-    MarkingError,
-    _post_extract,
-    _pre_extract,
-    extract_dom_snapshot,
-    extract_merged_axtree,
-)
+from browsergym.core.observation import MarkingError, extract_dom_snapshot, extract_merged_axtree
 from browsergym.miniwob.base import AbstractMiniwobTask
 from browsergym.utils.obs import flatten_axtree_to_str, flatten_dom_to_str, prune_html
 from openenv.core.env_server.interfaces import Environment
@@ -45,6 +39,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_
 from playwright.sync_api import Error as PlaywrightError
 
 from browserrl.env.actions import ACTION_FUNCTIONS, DEFAULT_ALLOWED, MAX_ACTION_LEN, ActionError, parse_action
+from browserrl.env.compat import driver_process, mark_elements, unmark_elements
 from browserrl.env.launcher import EnvSetupError, find_chromium, miniwob_base_url
 from browserrl.env.models import (
     MAX_EPISODE_STEPS,
@@ -379,7 +374,7 @@ class MiniWoBEnvironment(Environment[BrowserGymAction, BrowserGymObservation, Br
         tries = 3
         for attempt in range(tries):
             try:
-                _pre_extract(page, tags_to_mark="standard_html", lenient=attempt == tries - 1)
+                mark_elements(page, lenient=attempt == tries - 1)
                 axtree = extract_merged_axtree(page)
                 dom = extract_dom_snapshot(page) if self.config.pruned_html else None
                 return axtree, dom
@@ -389,7 +384,7 @@ class MiniWoBEnvironment(Environment[BrowserGymAction, BrowserGymObservation, Br
                 page.wait_for_timeout(100)
             finally:
                 with contextlib.suppress(PlaywrightError):
-                    _post_extract(page)
+                    unmark_elements(page)
         raise AssertionError("unreachable")
 
     def _observation(
@@ -462,11 +457,7 @@ class MiniWoBEnvironment(Environment[BrowserGymAction, BrowserGymObservation, Br
 
     def _kill_driver(self) -> None:
         """Kill the Playwright driver process; Chromium exits when its control pipe closes."""
-        proc = getattr(
-            getattr(getattr(getattr(self._pw, "_impl_obj", None), "_connection", None), "_transport", None),
-            "_proc",
-            None,
-        )
+        proc = driver_process(self._pw)
         if proc is not None:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()

@@ -1,0 +1,87 @@
+"""The training side's uses of other libraries' private APIs, in one place, each with the versions it was
+checked against. tests/test_compat.py fails when an installed version leaves its range or a name used here
+moves: then re-read that library's source and update the range. (The env's own are in
+browserrl/env/compat.py: the env folder ships alone.)
+
+- TRL's fused LM head on CPU (`compact_lm_head`). TRL 1.16 computes SFT's and GRPO's per-token
+  log-probabilities with a chunked LM head (`trl.trainer.utils.add_fused_lm_head`). Where Triton runs (CUDA,
+  XPU) it projects only the positions whose label is not -100; elsewhere it projects every position, so
+  that compilers for static shapes see one tile shape. On CPU that is waste: SFT's labels are the model's
+  turns (a few percent of an episode) and GRPO's the completion, yet the 49k-way projection and its
+  backward ran on every token. TRL reads that choice from `trl.trainer.utils._use_triton`, which decides
+  nothing else in that module; the log-probabilities, losses and gradients are the same
+  (tests/test_lm_head.py), the time saved is in docs/benchmarks.md.
+- TRL GRPOTrainer's internals (browserrl.grpo): its subclass overrides `_prepare_inputs` and
+  `_generate_and_score_completions`, adds to the step's metrics (`_metrics`) and counts micro-batches with
+  TRL's own counter (`_step`).
+- `transformers.Trainer.log` on a GRPOTrainer (`log_line`): GRPOTrainer's `log` would add the step's training
+  metrics, which it clears only after the callbacks return, to a held-out evaluation's line.
+- torch tensors' in-place version counter (`weights_version`): the prefix cache knows the weights changed
+  (an optimizer step writes in place) without hashing them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import trl.trainer.utils as trl_utils
+from transformers import Trainer
+
+#: package -> (the version this was read against, the range it is taken to hold for).
+TESTED = {
+    "trl": ("1.16.0", ">=1.16,<1.17"),  # pyproject pins it
+    "transformers": ("5.24.0", ">=5.0,<6"),
+    "torch": ("2.13.0", ">=2.4,<3"),
+}
+
+#: trl.GRPOTrainer's private methods browserrl.grpo.GRPOTrainer overrides.
+GRPO_OVERRIDES = ("_prepare_inputs", "_generate_and_score_completions")
+
+__all__ = [
+    "GRPO_OVERRIDES",
+    "TESTED",
+    "compact_lm_head",
+    "log_line",
+    "micro_batches",
+    "record_metric",
+    "weights_version",
+]
+
+
+@contextlib.contextmanager
+def compact_lm_head() -> Iterator[None]:
+    """Within the block, TRL's fused LM head scores only labelled positions on CPU too."""
+    original = trl_utils._use_triton
+
+    def compact(device: torch.device) -> bool:
+        return device.type == "cpu" or original(device)
+
+    trl_utils._use_triton = compact
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
+
+
+def record_metric(trainer: Any, key: str, value: float) -> None:
+    """Add `value` to what GRPOTrainer logs (the mean of its values) at its next log line."""
+    mode = "train" if trainer.model.training else "eval"
+    trainer._metrics[mode][key].append(value)
+
+
+def micro_batches(trainer: Any) -> int:
+    """TRL's count of micro-batches trained (a step ends when it is a multiple of the accumulation steps)."""
+    return trainer._step
+
+
+def log_line(trainer: Any, logs: dict[str, float]) -> None:
+    """One log line (metrics.jsonl, W&B) through transformers' Trainer.log, without GRPOTrainer's metrics."""
+    Trainer.log(trainer, logs)
+
+
+def weights_version(model: torch.nn.Module) -> int:
+    """A number that changes whenever a parameter is written in place."""
+    return sum(p._version for p in model.parameters())
