@@ -50,12 +50,18 @@ def _positive_int(key: str, value: Any, minimum: int = 1) -> None:
         raise ConfigError(key, f"must be an integer >= {minimum}, got {value!r}")
 
 
+def check_names(key: str, task: DictConfig) -> None:
+    """A task setting under a name it no longer has (before it is merged: merging would fail on it)."""
+    if "max_steps" in task:  # renamed: trainer.max_steps, beside it, counts optimizer steps
+        raise ConfigError(f"{key}.max_steps", f"renamed: {key}.max_env_steps (env steps per episode)")
+
+
 def check_task(key: str, task: DictConfig) -> None:
     try:
         canonical_task(task.name)
     except ValueError as exc:
         raise ConfigError(f"{key}.name", str(exc)) from exc
-    _positive_int(f"{key}.max_steps", task.max_steps)
+    _positive_int(f"{key}.max_env_steps", task.max_env_steps)
     _positive_int(f"{key}.max_action_tokens", task.max_action_tokens)
     check_delay(f"{key}.observation_delay", task.observation_delay)
     if task.get("allowed_actions"):
@@ -76,6 +82,10 @@ def check_delay(key: str, seconds: Any) -> None:
 def check_tasks(cfg: DictConfig) -> None:
     """The run's task, every suite and transfer task and every per-task entry: known to MiniWoB++, sane
     settings."""
+    check_names("task", cfg.task)
+    for scope in ("tasks", "transfer.tasks"):
+        for name, entry in (OmegaConf.select(cfg, scope) or {}).items():
+            check_names(f"{scope}.{name}", entry)
     check_task("task", cfg.task)
     if not cfg.suite.tasks:
         raise ConfigError("suite.tasks", "lists no task")

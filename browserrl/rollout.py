@@ -200,7 +200,7 @@ class RolloutEngine:
         return batch
 
     def _play_chunk(self, instances: Sequence[tuple[str, int]], greedy: bool, batch: RolloutBatch) -> None:
-        episodes = [Episode(task, seed, max_steps=self.tasks[task].max_steps) for task, seed in instances]
+        episodes = [Episode(task, seed, max_steps=self.tasks[task].max_env_steps) for task, seed in instances]
         delays = [self.tasks[e.task].observation_delay for e in episodes]
         options = [{"observation_delay": d, "max_steps": e.max_steps} for d, e in zip(delays, episodes)]
         t0 = time.perf_counter()

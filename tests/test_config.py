@@ -50,7 +50,7 @@ def test_every_suite_validates_with_each_task_s_own_settings(compose_cfg, suite)
         assert settings.name == name
         if (ROOT / "conf" / "task" / f"{name}.yaml").exists():
             own = compose_cfg(f"task={name}").task
-            for key in ("max_steps", "observation_delay", "max_action_tokens", "prompt"):
+            for key in ("max_env_steps", "observation_delay", "max_action_tokens", "prompt"):
                 if own[key] != defaults[key]:  # what the task's file sets apart from the defaults
                     assert settings[key] == own[key], (name, key)
 
@@ -68,7 +68,7 @@ def test_cpu_suite_reads_pages_in_several_steps(compose_cfg):
 
 def test_debug_preset_composes_with_experiments(compose_cfg):
     cfg = compose_cfg("+experiment=cpu_suite", "+debug=tiny")
-    assert cfg.model.name == "tiny-lfm2" and cfg.task.max_steps == 2 and cfg.suite.name == "cpu"
+    assert cfg.model.name == "tiny-lfm2" and cfg.task.max_env_steps == 2 and cfg.suite.name == "cpu"
 
 
 def test_tuning_lora_fields(compose_cfg):
@@ -151,7 +151,9 @@ def test_trainer_block_reaches_grpo_config(compose_cfg):
         (["eval.num_seeds=-1"], "eval.num_seeds"),
         (["eval.first_seed=10"], "eval.first_seed"),  # would overlap the training seeds
         (["seed=abc"], "seed"),
-        (["task.max_steps=0"], "task.max_steps"),
+        (["task.max_env_steps=0"], "task.max_env_steps"),
+        (["+task.max_steps=5"], "task.max_steps"),  # the old name: renamed, said in one line
+        (["+experiment=cpu_suite", "+tasks.login-user.max_steps=5"], "tasks.login-user.max_steps"),
         (["task.allowed_actions=[click,teleport]"], "task.allowed_actions"),
         (["suite.tasks=[click-test,clik-button]"], "suite.tasks"),
         (["env.sessions=0"], "env.sessions"),

@@ -43,7 +43,7 @@ def test_lfm2_defaults(compose_cfg):
 
 def test_book_flight_settings(compose_cfg):
     cfg = compose_cfg("+experiment=book_flight")
-    assert 10 <= cfg.task.max_steps <= 15  # the oracle takes 8-10 steps
+    assert 10 <= cfg.task.max_env_steps <= 15  # the oracle takes 8-10 steps
     assert cfg.task.observation_delay > 0.3  # the autocomplete list opens 300 ms after typing
     assert cfg.task.prompt.compact and cfg.sft.enabled and list(cfg.sft.tasks) == ["book-flight"]
     assert cfg.trainer.max_completion_length >= 4096  # oracle episodes: up to 3.8k tokens (benchmarks.md)

@@ -37,7 +37,7 @@ def tiny():
 @pytest.fixture(scope="module")
 def task(root):
     cfg = OmegaConf.load(root / "conf/task/click-test.yaml")
-    cfg.max_steps, cfg.max_action_tokens = 3, 6
+    cfg.max_env_steps, cfg.max_action_tokens = 3, 6
     return cfg
 
 
