@@ -50,6 +50,23 @@ def _positive_int(key: str, value: Any, minimum: int = 1) -> None:
         raise ConfigError(key, f"must be an integer >= {minimum}, got {value!r}")
 
 
+#: Task settings renamed since runs were saved: old name -> new name (a saved config.yaml is upgraded).
+RENAMED_TASK_KEYS = {"max_steps": "max_env_steps"}
+
+
+def upgrade_saved(cfg: DictConfig) -> DictConfig:
+    """A run's saved config.yaml with today's names: a checkpoint trained before a rename still evaluates."""
+    entries = [cfg.get("task")]
+    for scope in ("tasks", "transfer.tasks"):
+        entries += list((OmegaConf.select(cfg, scope) or {}).values())
+    with open_dict(cfg):
+        for task in filter(None, entries):
+            for old, new in RENAMED_TASK_KEYS.items():
+                if old in task and new not in task:
+                    task[new] = task.pop(old)
+    return cfg
+
+
 def check_names(key: str, task: DictConfig) -> None:
     """A task setting under a name it no longer has (before it is merged: merging would fail on it)."""
     if "max_steps" in task:  # renamed: trainer.max_steps, beside it, counts optimizer steps

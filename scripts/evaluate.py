@@ -24,7 +24,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from browserrl.compose import compose
-from browserrl.config import ConfigError, validate
+from browserrl.config import ConfigError, upgrade_saved, validate
 from browserrl.evaluate import evaluate_suite
 from browserrl.modeling import checkpoint_config
 
@@ -56,7 +56,8 @@ def main() -> None:
     if args.checkpoint is None:
         cfg = composed([*([f"suite={args.suite}"] if args.suite else []), *args.overrides])
     else:
-        cfg = OmegaConf.merge(checkpoint_config(args.checkpoint), OmegaConf.from_dotlist(args.overrides))
+        saved = upgrade_saved(checkpoint_config(args.checkpoint))  # a run saved before a rename
+        cfg = OmegaConf.merge(saved, OmegaConf.from_dotlist(args.overrides))
         if args.suite:
             suite = composed([f"suite={args.suite}"])
             with open_dict(cfg):

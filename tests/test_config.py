@@ -193,3 +193,14 @@ def test_an_evaluation_is_not_refused_for_training_settings(compose_cfg):
         validate(cfg.copy())
     assert err.value.key == "sft.episodes_by_task.click-checkboxes"
     validate(cfg, trains=False)
+
+
+def test_a_run_saved_before_a_rename_still_evaluates(compose_cfg):
+    """scripts/evaluate.py upgrades a saved config.yaml: task.max_steps is max_env_steps' old name."""
+    from browserrl.config import upgrade_saved
+
+    cfg = compose_cfg("+experiment=cpu_suite", "transfer=heldout")
+    saved = OmegaConf.create(OmegaConf.to_yaml(cfg).replace("max_env_steps", "max_steps"))
+    upgrade_saved(saved)
+    validate(saved, trains=False)
+    assert saved.task.max_env_steps == cfg.task.max_env_steps and saved.tasks["login-user"].max_env_steps == 5
