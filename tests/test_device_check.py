@@ -201,3 +201,22 @@ def test_bf16_tolerance_grows_with_the_logits(dc: ModuleType) -> None:
     assert dc.bf16_tolerance(1.0) == (0.01, 0.05)  # tests/test_rollout.py's CPU bounds, logits of ~1
     mean, worst = dc.bf16_tolerance(40.0)
     assert mean == pytest.approx(40 / 256) and worst == pytest.approx(4 * 40 / 256)
+
+
+def test_the_driver_imports_without_the_env_libraries():
+    """A GPU check machine has no browsergym, openenv, Playwright or MiniWoB: the driver and what it imports
+    of browserrl (generation, grpo, compat, modeling, analysis) must not need them."""
+    code = f"""
+import importlib.abc, importlib.util, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("browsergym", "openenv", "playwright", "miniwob"):
+            raise ImportError(f"no {{name}} on a GPU check machine")
+sys.meta_path.insert(0, Block())
+spec = importlib.util.spec_from_file_location("device_check", {str(DRIVER)!r})
+module = importlib.util.module_from_spec(spec)
+sys.modules["device_check"] = module
+spec.loader.exec_module(module)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
