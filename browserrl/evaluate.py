@@ -111,7 +111,7 @@ def play_seeded(
 def eval_sessions(pool: EnvPool, cfg: DictConfig) -> Iterator[EnvPool]:
     """The pool at `eval.sessions` sessions for this block (default: training's count). More sessions
     make larger generation batches but cost CPU and memory; on 2 CPU cores 24 were slower than 8
-    (scripts/bench_eval.py, docs/benchmarks.md)."""
+    (benchmarks/bench_eval.py, docs/benchmarks.md)."""
     size = pool.size
     pool.resize(cfg.eval.sessions)
     try:

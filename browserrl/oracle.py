@@ -2,7 +2,7 @@
 
 They play MiniWoB tasks for the SFT warm-up's demonstrations (browserrl.sft), as the expert in a GRPO group
 the policy failed (browserrl.groups), and show what a solved episode costs in steps and tokens
-(scripts/bench_book_flight.py). Stateless on purpose: everything an oracle decides
+(benchmarks/bench_book_flight.py). Stateless on purpose: everything an oracle decides
 from is in the observation the policy sees, so a demonstration never relies on hidden information.
 """
 

@@ -15,7 +15,12 @@ EXEMPT = {"browserrl/build.py", "scripts/device_check.py"}
 def test_only_the_build_layer_constructs_a_runs_parts():
     pattern = re.compile(rf"\b({'|'.join(BUILT)})\(")
     found = []
-    for path in [ROOT / "train.py", *ROOT.glob("browserrl/**/*.py"), *ROOT.glob("scripts/*.py")]:
+    for path in [
+        ROOT / "train.py",
+        *ROOT.glob("browserrl/**/*.py"),
+        *ROOT.glob("scripts/*.py"),
+        *ROOT.glob("benchmarks/*.py"),
+    ]:
         name = str(path.relative_to(ROOT))
         if name in EXEMPT:
             continue

@@ -96,7 +96,7 @@ class EnvConfig:
     #: Steps after which an unfinished episode ends with ``truncated`` (``done`` true, reward 0).
     max_steps: int = 20
     #: Seconds to wait after an action before validating and observing (BrowserGym waits 0.5 s). The
-    #: default 0 is checked against 0.5 by ``scripts/bench_env.py --delay-check``: same rewards on simple
+    #: default 0 is checked against 0.5 by ``benchmarks/bench_env.py --delay-check``: same rewards on simple
     #: tasks. Pages with debounced widgets (book-flight's autocomplete) need more: clients ask for it per
     #: episode with ``reset(observation_delay=...)``.
     pre_observation_delay: float = 0.0

@@ -1,8 +1,8 @@
 """What a book-flight episode costs: the scripted oracle plays held-out seeds through the env server, through
 the same rollout engine as GRPO (browserrl.build.demonstrator), so the episodes are tokenized as a rollout's.
 
-    python scripts/bench_book_flight.py task=book-flight                             # 32 held-out seeds
-    python scripts/bench_book_flight.py task=book-flight task.prompt.compact=false   # without compaction
+    python benchmarks/bench_book_flight.py task=book-flight                             # 32 held-out seeds
+    python benchmarks/bench_book_flight.py task=book-flight task.prompt.compact=false   # without compaction
 
 Prints one JSON line: the oracle's success rate and steps, the tokens of a whole episode (what
 trainer.max_completion_length must hold), of the first prompt and of the largest observation turn, and the

@@ -1,8 +1,8 @@
 """GRPO step time and its split (generate / env / train), and SFT tokens/s, across precision and generation
 settings, in one run on this machine: the numbers of docs/benchmarks.md's CPU speed table.
 
-    python scripts/bench_train.py                       # click-button, 5 GRPO steps per setting, 4 settings
-    python scripts/bench_train.py --steps 3 --settings fp32,bf16+kv --sft-episodes 16 task=click-test
+    python benchmarks/bench_train.py                    # click-button, 5 GRPO steps per setting, 4 settings
+    python benchmarks/bench_train.py --steps 3 --settings fp32,bf16+kv --sft-episodes 16 task=click-test
 
 Each setting is a real `train.py` run (browserrl.train.run: local env server, the packaged SmolLM2, LoRA,
 the default CPU batch) with held-out evaluation off, so a step is what training pays for. Settings:
@@ -12,7 +12,7 @@ step of each run warms up and is left out of the medians. SFT: the oracle's demo
 tasks (the task, or the suite's), fp32 vs bf16, and micro-batch sizes at the same episodes per optimizer
 step, tokens per second of SFTTrainer's training loop. Extra arguments are train.py overrides.
 
-    python scripts/bench_train.py --settings= --sft-episodes 6 --sft-precisions bf16 \
+    python benchmarks/bench_train.py --settings= --sft-episodes 6 --sft-precisions bf16 \
         --sft-micro-batches 1,2 +experiment=cpu_suite   # SFT only: padding cost of micro-batches of 2
 """
 

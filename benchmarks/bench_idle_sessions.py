@@ -1,7 +1,7 @@
 """What idle env sessions cost training: forward/backward time with sessions open vs released.
 
-    python scripts/bench_idle_sessions.py                               # 8 sessions, 3 rounds
-    python scripts/bench_idle_sessions.py --rounds 5 env.sessions=16
+    python benchmarks/bench_idle_sessions.py                               # 8 sessions, 3 rounds
+    python benchmarks/bench_idle_sessions.py --rounds 5 env.sessions=16
 
 Each round opens the run's env sessions on suite tasks (left idle on their pages, as they are while a run
 trains), times `--steps` forward/backward passes of the configured model (LoRA, the run's precision) on a

@@ -1,7 +1,7 @@
 """Held-out evaluation time by env session count: what `eval.sessions` buys.
 
-    python scripts/bench_eval.py --sessions 8,24 +experiment=cpu_suite eval.num_seeds=8
-    python scripts/bench_eval.py --sessions 8,24 +experiment=cpu_suite \
+    python benchmarks/bench_eval.py --sessions 8,24 +experiment=cpu_suite eval.num_seeds=8
+    python benchmarks/bench_eval.py --sessions 8,24 +experiment=cpu_suite \
         model.source=path model.name_or_path=RUN/sft/final          # a warm-started (full-model) folder
 
 For each session count, the evaluation a run makes after training (browserrl.evaluate.heldout_report:

@@ -1,7 +1,7 @@
 """GRPO training on a suite's steps, by TRL's GRPOTrainer and by browserrl's (browserrl/grpo.py).
 
-    python scripts/bench_grpo_trainer.py                     # the cpu recipe's steps, 2 of them, 3 trainers
-    python scripts/bench_grpo_trainer.py --steps 3 --trainers trl,browserrl +experiment=cpu_suite
+    python benchmarks/bench_grpo_trainer.py                  # the cpu recipe's steps, 2 of them, 3 trainers
+    python benchmarks/bench_grpo_trainer.py --steps 3 --trainers trl,browserrl +experiment=cpu_suite
 
 The scripted oracle plays the steps' (task, seed) groups once, drawn from the run's training instances (the
 oracle's episodes are what SFT teaches, so their lengths are the warm-started policy's). Then each trainer

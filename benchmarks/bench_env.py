@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Benchmark the env server over WebSocket, and check that the pre-observation delay does not change rewards.
 
-    python scripts/bench_env.py single --episodes 40            # one session: median reset / step
-    python scripts/bench_env.py concurrent --sessions 4 --seconds 30   # episodes/s, N sessions at once
-    python scripts/bench_env.py delay-check --seeds 10 --delays 0 0.5  # scripted episodes, rewards per delay
+    python benchmarks/bench_env.py single --episodes 40            # one session: median reset / step
+    python benchmarks/bench_env.py concurrent --sessions 4 --seconds 30   # episodes/s, N sessions at once
+    python benchmarks/bench_env.py delay-check --seeds 10 --delays 0 0.5 # scripted episodes, reward per delay
 
 An episode is click-test: reset + one click on the bid read from the AX tree. Without ``--url`` a local
 server is started (and stopped) for the run. Results print as JSON lines (and go to ``--out`` if given).
