@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from browserrl.env.models import MAX_OBSERVATION_DELAY
 from browserrl.env.tasks import canonical_task
 from browserrl.modeling import bf16_faster, lora_config, max_positions
 from browserrl.oracle import ORACLE_TASKS
+from browserrl.pool import server_urls
 
 
 class ConfigError(ValueError):
@@ -54,13 +56,19 @@ def _positive_int(key: str, value: Any, minimum: int = 1) -> None:
 RENAMED_TASK_KEYS = {"max_steps": "max_env_steps"}
 
 
+def task_entries(cfg: DictConfig) -> Iterator[tuple[str, DictConfig]]:
+    """Every place task settings are written, unmerged, by key: `task`, `tasks.*`, `transfer.tasks.*`."""
+    if cfg.get("task") is not None:
+        yield "task", cfg.task
+    for scope in ("tasks", "transfer.tasks"):
+        for name, entry in (OmegaConf.select(cfg, scope) or {}).items():
+            yield f"{scope}.{name}", entry
+
+
 def upgrade_saved(cfg: DictConfig) -> DictConfig:
     """A run's saved config.yaml with today's names: a checkpoint trained before a rename still evaluates."""
-    entries = [cfg.get("task")]
-    for scope in ("tasks", "transfer.tasks"):
-        entries += list((OmegaConf.select(cfg, scope) or {}).values())
     with open_dict(cfg):
-        for task in filter(None, entries):
+        for _, task in task_entries(cfg):
             for old, new in RENAMED_TASK_KEYS.items():
                 if old in task and new not in task:
                     task[new] = task.pop(old)
@@ -68,9 +76,11 @@ def upgrade_saved(cfg: DictConfig) -> DictConfig:
 
 
 def check_names(key: str, task: DictConfig) -> None:
-    """A task setting under a name it no longer has (before it is merged: merging would fail on it)."""
-    if "max_steps" in task:  # renamed: trainer.max_steps, beside it, counts optimizer steps
-        raise ConfigError(f"{key}.max_steps", f"renamed: {key}.max_env_steps (env steps per episode)")
+    """A task setting under a name it no longer has (before it is merged: merging would fail on it).
+    max_steps: trainer.max_steps, beside it, counts optimizer steps."""
+    for old, new in RENAMED_TASK_KEYS.items():
+        if old in task:
+            raise ConfigError(f"{key}.{old}", f"renamed: {key}.{new} (env steps per episode)")
 
 
 def check_task(key: str, task: DictConfig) -> None:
@@ -99,10 +109,8 @@ def check_delay(key: str, seconds: Any) -> None:
 def check_tasks(cfg: DictConfig) -> None:
     """The run's task, every suite and transfer task and every per-task entry: known to MiniWoB++, sane
     settings."""
-    check_names("task", cfg.task)
-    for scope in ("tasks", "transfer.tasks"):
-        for name, entry in (OmegaConf.select(cfg, scope) or {}).items():
-            check_names(f"{scope}.{name}", entry)
+    for key, entry in task_entries(cfg):
+        check_names(key, entry)
     check_task("task", cfg.task)
     if not cfg.suite.tasks:
         raise ConfigError("suite.tasks", "lists no task")
@@ -238,7 +246,7 @@ def check_env(cfg: DictConfig) -> None:
         except EnvSetupError as exc:
             raise ConfigError("env.mode", f"{exc}; or use a running server: env=remote env.url=...") from exc
     elif cfg.env.mode == "remote":
-        urls = [cfg.env.url] if isinstance(cfg.env.url, str) else list(cfg.env.url or [])
+        urls = server_urls(cfg.env)
         if not urls or not all(isinstance(u, str) for u in urls):
             raise ConfigError("env.url", f"must be a server URL or a list of them, got {cfg.env.url!r}")
         for url in urls:  # all at the start: a dead one later costs episodes, a typo now costs nothing

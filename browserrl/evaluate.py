@@ -318,11 +318,11 @@ def evaluate_suite(
     chat = ChatFormat(tokenizer, cfg.model.eot_token)
     with env_pool(cfg, cfg.eval.sessions, screenshot=screenshots) as pool:
         recorder = ScreenshotRecorder(pool) if screenshots else None
-        policy = model_policy(build.hf_generator(base, chat, cfg))
-        engine = build.rollout_engine(policy, recorder or pool, chat, cfg)
+        base_generator = build.hf_generator(base, chat, cfg)
+        engine = build.rollout_engine(model_policy(base_generator), recorder or pool, chat, cfg)
         suite = SuiteEvaluation(cfg, engine, out_dir, recorder, gif)
         if with_models:
-            suite.model("base", build.hf_generator(base, chat, cfg), samples, cache=True)
+            suite.model("base", base_generator, samples, cache=True)
         if with_models and checkpoint is not None:
             trained, _, _ = load_checkpoint(checkpoint)
             trained.to(device)

@@ -45,6 +45,11 @@ class EnvFailure:
     message: str
 
 
+def server_urls(env: DictConfig) -> list[str]:
+    """`env.url` as a list: one server URL, or several."""
+    return [env.url] if isinstance(env.url, str) else list(env.url or [])
+
+
 def routes(urls: Sequence[str], rank: int = 0, world: int = 1) -> Callable[[int], list[str]]:
     """The servers session `slot` of process `rank` (of `world`) tries, in order. With at least as many
     servers as processes, each process spreads its sessions over its own share (every world-th server from
@@ -188,7 +193,7 @@ def env_pool(cfg: DictConfig, sessions: int | None = None, **reset_options: Any)
     capacity = max(sessions, cfg.eval.sessions) + 2
     with contextlib.ExitStack() as stack:
         if cfg.env.mode == "remote":
-            urls = [cfg.env.url] if isinstance(cfg.env.url, str) else list(cfg.env.url)
+            urls = server_urls(cfg.env)
             rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
             route, heal = routes(urls, rank, world), None
         else:

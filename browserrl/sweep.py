@@ -6,8 +6,8 @@ a GRPOTrainer with a colocated vLLM engine that holds its share of GPU memory (a
 the run ends, so the second point stacks a second engine on the first. Here each point is `python train.py
 <its overrides>` in a new session, run to its end; whatever it left running in its process group (a vLLM
 engine core) is killed before the next point starts; the env server, in a session of its own, is stopped by
-the run itself. Points run one at a time; a
-failed point does not stop the rest, and the sweep reports it at the end. `infra=gpu` selects this launcher.
+the run itself. Points run one at a time; a failed point does not stop the rest, and the sweep reports it at
+the end. `infra=gpu` selects this launcher.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The env's uses of other libraries' private APIs, in one place, each with the versions it was checked
-against. tests/env/test_compat.py fails when an installed version leaves its range or a name used here moves;
+against. tests/test_compat.py fails when an installed version leaves its range or a name used here moves;
 then re-read the library's source and update the range. (The env folder ships alone, so the trainer side
 keeps its own in browserrl/compat.py.)
 
