@@ -33,6 +33,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=4, help="forward/backward passes per measurement")
     p.add_argument("--tokens", type=int, default=600, help="sequence length (a recipe episode: ~500-1000)")
+    p.add_argument("--settle", type=float, default=5.0, help="seconds to wait after opening or releasing")
     p.add_argument("overrides", nargs="*", help="train.py overrides (default: +experiment=cpu_suite)")
     args = p.parse_args()
     cfg = compose(*(args.overrides or ["+experiment=cpu_suite"]))
@@ -56,10 +57,10 @@ def main() -> None:
     with env_pool(cfg) as pool:
         for _ in range(args.rounds):
             pool.reset(list(range(n)), [tasks[i % len(tasks)] for i in range(n)], list(range(n)))
-            time.sleep(5)  # past the launches
+            time.sleep(args.settle)  # past the launches
             times["open"].append(round(seconds_per_step(), 2))
             pool.release()
-            time.sleep(5)
+            time.sleep(args.settle)
             times["released"].append(round(seconds_per_step(), 2))
             print(json.dumps(times), flush=True)
     open_s, released_s = statistics.median(times["open"]), statistics.median(times["released"])

@@ -9,12 +9,14 @@ can be compared token for token.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
+from peft import PeftModel
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
@@ -129,7 +131,10 @@ class HFGenerator:
     `bf16`: generate under the same bfloat16 autocast the trainer computes in (trainer.bf16), so sampler and
     trainer logprobs come from the same arithmetic. `reuse_cache`: keep each sequence's keys and values
     (PrefixCache) where the model's cache allows it; the first turn of a GRPO group, the same prompt
-    num_generations times, is encoded once.
+    num_generations times, is encoded once. `merge_lora`: a LoRA policy (PeftModel) generates through a
+    plain copy with its adapters merged into the weights, made again whenever the policy's weights change:
+    LoRA's side path adds four small operations to every adapted linear layer, and a decode step of a small
+    model is mostly such per-operation overhead (benchmarks/bench_generate.py measures the difference).
     """
 
     def __init__(
@@ -140,19 +145,35 @@ class HFGenerator:
         params: SamplingParams,
         bf16: bool = False,
         reuse_cache: bool = True,
+        merge_lora: bool = True,
     ):
         self.model, self.pad_id, self.eot_id, self.params = model, pad_id, eot_id, params
-        self.bf16 = bf16
+        self.bf16, self.merge_lora = bf16, merge_lora
         self.prefixes = PrefixCache() if reuse_cache else None
+        self._merged: tuple[int, PreTrainedModel] | None = None  # (the policy's weights version, its copy)
+
+    def runner(self) -> torch.nn.Module:
+        """The module that generates: the policy itself, or the merged copy of a LoRA policy (rebuilt after
+        the policy's weights changed: an optimizer step, a load)."""
+        if not (self.merge_lora and isinstance(self.model, PeftModel)):
+            return self.model
+        version = weights_version(self.model)
+        if self._merged is None or self._merged[0] != version:
+            self._merged = None  # the old copy goes before the new one is made
+            merged = copy.deepcopy(self.model).merge_and_unload().eval().requires_grad_(False)
+            self._merged = (version, merged)
+        return self._merged[1]
 
     @contextlib.contextmanager
-    def _inference(self) -> Iterator[torch.device]:
+    def _inference(self) -> Iterator[tuple[torch.nn.Module, torch.device]]:
+        """The generating module in eval mode, no autograd, the trainer's autocast; the policy's training mode
+        is restored after."""
         device = next(self.model.parameters()).device
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=self.bf16):
-                yield device
+                yield self.runner(), device
         finally:
             self.model.train(was_training)
 
@@ -162,7 +183,9 @@ class HFGenerator:
         mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts], device=device)
         return ids, mask
 
-    def _prefill_shared(self, contexts: list[list[int]], device: torch.device) -> None:
+    def _prefill_shared(
+        self, model: torch.nn.Module, contexts: list[list[int]], device: torch.device
+    ) -> None:
         """Encode once each context that several rows share and no entry continues (a GRPO group's prompt)."""
         counts = Counter(map(tuple, contexts))
         shared = [list(c) for c, n in counts.items() if n > 1 and self.prefixes.match(list(c)) is None]
@@ -170,7 +193,7 @@ class HFGenerator:
             return
         seqs = [c[:-1] for c in shared]  # the last token is fed by generate, which needs its logits
         ids, mask = self._batch(seqs, device)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+        out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
         if not reusable(out.past_key_values):
             self.prefixes = None
             return
@@ -205,17 +228,17 @@ class HFGenerator:
             if greedy
             else {"do_sample": True, "temperature": p.temperature, "top_p": p.top_p, "top_k": p.top_k or None}
         )
-        with self._inference() as device:
+        with self._inference() as (model, device):
             found: list[Prefix | None] = [None] * len(contexts)
             cache = None
             if self.prefixes is not None:
                 self.prefixes.check_weights(self.model)
-                self._prefill_shared(contexts, device)
+                self._prefill_shared(model, contexts, device)
             if self.prefixes is not None:
                 found = [self.prefixes.match(c) for c in contexts]
                 cache = self._cache_for(contexts, found, max(len(c) for c in contexts))
             input_ids, attention = self._batch(contexts, device)
-            out = self.model.generate(
+            out = model.generate(
                 input_ids=input_ids,
                 attention_mask=attention,
                 past_key_values=cache,

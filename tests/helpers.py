@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 from datasets import Dataset
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 from trl import GRPOConfig
 
 from browserrl import rewards
@@ -20,6 +21,25 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # conf/debug/tiny.yaml: a random 4-layer LFM2 on 2-step episodes, one GRPO step in seconds.
 TINY = ["+debug=tiny"]
+
+#: Token ids of `tiny_llama`'s made-up vocabulary: padding, end of turn, size.
+PAD, EOT, VOCAB = 0, 1, 96
+
+
+def tiny_llama() -> LlamaForCausalLM:
+    """A random 2-layer Llama (the architecture of the packaged SmolLM2), the same at every call."""
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=PAD,
+        eos_token_id=EOT,
+    )
+    return LlamaForCausalLM(config).eval()
 
 
 def run_train(

@@ -10,30 +10,19 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import EOT, PAD, VOCAB, tiny_llama
 from omegaconf import OmegaConf
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from browserrl.generation import HFGenerator, SamplingParams
 from browserrl.modeling import load_policy
 
-PAD, EOT, VOCAB = 0, 1, 96
 TOLERANCE = {False: 1e-4, True: 0.05}  # fp32; bf16 autocast: a different batch layout rounds differently
 
 
 @pytest.fixture(scope="module")
 def llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        pad_token_id=PAD,
-        eos_token_id=EOT,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_llama()
 
 
 def play(model: torch.nn.Module, reuse: bool, bf16: bool = False) -> tuple[list, int]:
