@@ -7,6 +7,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from browserrl.compose import moved
 from browserrl.config import ConfigError
 
 
@@ -28,4 +29,7 @@ if __name__ == "__main__":
         if flag in sys.argv[2:]:
             sys.argv.remove(flag)
             sys.argv.insert(1, flag)
+    if message := moved(sys.argv[1:]):
+        print(f"config error: {message}", file=sys.stderr)
+        sys.exit(2)
     main()

@@ -174,6 +174,7 @@ BAD_OVERRIDES = [
     (["task=miniwob", "task.name=click-nothing"], "task.name"),  # unknown task
     (["tuning=lora-r7"], "tuning"),  # unknown group option (Hydra's own message)
     (["+trainer.not_a_field=1"], "trainer.not_a_field"),
+    (["+experiment=full_vs_lora", "infra.study_max_steps=2"], "moved to trainer.max_steps"),  # an old name
 ]
 
 
