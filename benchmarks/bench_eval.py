@@ -27,7 +27,7 @@ import psutil
 
 from browserrl import build
 from browserrl.compose import compose
-from browserrl.config import validate
+from browserrl.config import preflight, validate
 from browserrl.evaluate import heldout_report
 from browserrl.memory import peak_memory_mb, reset_peak_memory
 from browserrl.modeling import load_policy
@@ -63,6 +63,7 @@ def main() -> None:
     args = p.parse_args()
     cfg = compose(*args.overrides)
     validate(cfg)
+    preflight(cfg)
     model, tokenizer = load_policy(cfg.model)
     chat = ChatFormat(tokenizer, cfg.model.eot_token)
     generator = build.hf_generator(model, chat, cfg)

@@ -27,7 +27,7 @@ from peft import get_peft_model
 
 from browserrl import build
 from browserrl.compose import compose
-from browserrl.config import validate
+from browserrl.config import preflight, validate
 from browserrl.modeling import load_checkpoint, load_policy, lora_config
 from browserrl.pool import env_pool
 from browserrl.rollout import ChatFormat, RolloutBatch, model_policy
@@ -63,6 +63,7 @@ def main() -> None:
     args = p.parse_args()
     cfg = compose(*args.overrides)
     validate(cfg)
+    preflight(cfg)
     if args.checkpoint:
         policy, tokenizer, _ = load_checkpoint(args.checkpoint)
     else:

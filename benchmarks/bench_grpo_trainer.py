@@ -34,7 +34,7 @@ from trl import GRPOConfig
 
 from browserrl import build, grpo, rewards
 from browserrl.compose import compose
-from browserrl.config import validate
+from browserrl.config import preflight, validate
 from browserrl.curriculum import TaskSampler
 from browserrl.modeling import load_policy, load_tokenizer, lora_config, resolve_model_path
 from browserrl.pool import env_pool
@@ -136,6 +136,7 @@ def main() -> None:
     cfg = compose(*overrides, "logger=none", "trainer.save_strategy=no", f"trainer.max_steps={opts.steps}")
     out = tempfile.mkdtemp(prefix="bench-grpo-trainer-")
     validate(cfg)
+    preflight(cfg)
     args = build.grpo_config(cfg, out)
     groups = args.per_device_train_batch_size * args.gradient_accumulation_steps // args.num_generations
     drawn = TaskSampler(cfg.suite.tasks, cfg.train_seeds, seed=cfg.seed).draw(groups * opts.steps)

@@ -23,7 +23,7 @@ import torch
 from peft import get_peft_model
 
 from browserrl.compose import compose
-from browserrl.config import validate
+from browserrl.config import preflight, validate
 from browserrl.modeling import load_policy, lora_config
 from browserrl.pool import env_pool
 
@@ -38,6 +38,7 @@ def main() -> None:
     args = p.parse_args()
     cfg = compose(*(args.overrides or ["+experiment=cpu_suite"]))
     validate(cfg)
+    preflight(cfg)
     model, _ = load_policy(cfg.model)
     if (lora := lora_config(cfg)) is not None:
         model = get_peft_model(model, lora)

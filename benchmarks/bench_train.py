@@ -31,7 +31,7 @@ from typing import Any
 from omegaconf import open_dict
 
 from browserrl.compose import compose
-from browserrl.config import validate
+from browserrl.config import preflight, validate
 from browserrl.pool import env_pool
 from browserrl.sft import warm_up
 from browserrl.train import run
@@ -87,6 +87,7 @@ def sft(
             trainer.per_device_train_batch_size = micro_batch
             trainer.gradient_accumulation_steps = per_step // micro_batch
     validate(cfg)
+    preflight(cfg)
     with env_pool(cfg) as pool:
         start = time.perf_counter()
         final = warm_up(cfg, pool, out)

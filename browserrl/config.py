@@ -1,5 +1,6 @@
 """The composed config: each task's settings, and the checks that run in seconds, before any model or browser
-starts, each failure naming its key and the fix."""
+starts, each failure naming its key and the fix: `validate` judges the settings, `preflight` what they need
+of this machine (model files, Chromium, env servers)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from trl import GRPOConfig, SFTConfig
 from browserrl import rewards
 from browserrl.curriculum import MODES
 from browserrl.env.actions import fits_type, resolve_allowed
-from browserrl.env.launcher import EnvSetupError, check_env_url, preflight
+from browserrl.env.launcher import EnvSetupError, check_env_url
+from browserrl.env.launcher import preflight as chromium_preflight
 from browserrl.env.models import MAX_OBSERVATION_DELAY
 from browserrl.env.tasks import canonical_task
 from browserrl.modeling import bf16_faster, lora_config, max_positions
@@ -240,23 +242,11 @@ def check_env(cfg: DictConfig) -> None:
     _positive_int("eval.sessions", cfg.eval.sessions)  # after env.sessions: by default, the same value
     if not fits_type(cfg.env.message_timeout_s, float) or cfg.env.message_timeout_s <= 0:
         raise ConfigError("env.message_timeout_s", f"must be > 0 seconds, got {cfg.env.message_timeout_s!r}")
-    if cfg.env.mode == "local":
-        try:
-            preflight()
-        except EnvSetupError as exc:
-            raise ConfigError("env.mode", f"{exc}; or use a running server: env=remote env.url=...") from exc
-    elif cfg.env.mode == "remote":
+    if cfg.env.mode == "remote":
         urls = server_urls(cfg.env)
         if not urls or not all(isinstance(u, str) for u in urls):
             raise ConfigError("env.url", f"must be a server URL or a list of them, got {cfg.env.url!r}")
-        for url in urls:  # all at the start: a dead one later costs episodes, a typo now costs nothing
-            try:
-                check_env_url(url, timeout=5)
-            except Exception as exc:  # noqa: BLE001 - any failure means the same thing to the user
-                raise ConfigError(
-                    "env.url", f"nothing answers at {url} ({exc}); start a server (make serve-env)"
-                ) from exc
-    else:
+    elif cfg.env.mode != "local":
         raise ConfigError("env.mode", f"must be local or remote, got {cfg.env.mode!r}")
 
 
@@ -266,15 +256,6 @@ def check_model(cfg: DictConfig) -> None:
         raise ConfigError("model.source", f"must be packaged, tiny, hub or path, got {source!r}")
     if source in ("hub", "path") and not cfg.model.get("name_or_path"):
         raise ConfigError("model.name_or_path", f"model.source={source} needs a hub id or a folder")
-    if source == "path" and not Path(cfg.model.name_or_path, "config.json").exists():
-        raise ConfigError("model.name_or_path", f"no model folder (config.json) at {cfg.model.name_or_path}")
-    if source == "packaged":
-        from browserrl.modeling import packaged_gguf_dir
-
-        try:
-            packaged_gguf_dir()
-        except RuntimeError as exc:
-            raise ConfigError("model", str(exc)) from exc
 
 
 def check_context(cfg: DictConfig) -> None:
@@ -339,9 +320,10 @@ def check_generation(trainer: dict[str, Any]) -> None:
 
 
 def validate(cfg: DictConfig, trains: bool = True) -> None:
-    """Every check that needs no model, in seconds; then browserrl.build.grpo_config builds TRL's config.
-    `trains=False` (an evaluation): what only training reads (LoRA, the SFT warm-up, GRPO's group drawing)
-    is not checked, so a suite narrowed for an evaluation is not refused for the warm-up it will not run."""
+    """Every check of the settings themselves, in seconds, before anything starts; then `preflight` looks at
+    the machine and browserrl.build.grpo_config builds TRL's config. `trains=False` (an evaluation): what
+    only training reads (LoRA, the SFT warm-up, GRPO's group drawing) is not checked, so a suite narrowed
+    for an evaluation is not refused for the warm-up it will not run."""
     resolve(cfg)
     _positive_int("seed", cfg.seed, minimum=0)
     _positive_int("train_seeds", cfg.train_seeds)
@@ -361,3 +343,31 @@ def validate(cfg: DictConfig, trains: bool = True) -> None:
     check_model(cfg)
     check_context(cfg)
     check_env(cfg)
+
+
+def preflight(cfg: DictConfig) -> None:
+    """What a validated config needs of this machine, in seconds, before any model or browser starts: the
+    model's files, Chromium for a local env server, an answer from each remote one."""
+    model = cfg.model
+    if model.source == "path" and not Path(model.name_or_path, "config.json").exists():
+        raise ConfigError("model.name_or_path", f"no model folder (config.json) at {model.name_or_path}")
+    if model.source == "packaged":
+        from browserrl.modeling import packaged_gguf_dir
+
+        try:
+            packaged_gguf_dir()
+        except RuntimeError as exc:
+            raise ConfigError("model", str(exc)) from exc
+    if cfg.env.mode == "local":
+        try:
+            chromium_preflight()
+        except EnvSetupError as exc:
+            raise ConfigError("env.mode", f"{exc}; or use a running server: env=remote env.url=...") from exc
+        return
+    for url in server_urls(cfg.env):  # all at the start: a dead one later costs episodes, a typo now nothing
+        try:
+            check_env_url(url, timeout=5)
+        except Exception as exc:  # noqa: BLE001 - any failure means the same thing to the user
+            raise ConfigError(
+                "env.url", f"nothing answers at {url} ({exc}); start a server (make serve-env)"
+            ) from exc

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import PrinterCallback, set_seed
 
 from browserrl import build, rewards
-from browserrl.config import task_configs, validate
+from browserrl.config import preflight, task_configs, validate
 from browserrl.curriculum import SamplerCheckpoint, TaskSampler
 from browserrl.evaluate import PeriodicEval, heldout_report
 from browserrl.generation import VLLMGenerator
@@ -123,7 +123,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     started = time.time()
     reset_peak_memory()  # a multirun's runs share this process: each run reports its own peak
     report_to = ["wandb"] if cfg.logger.name == "wandb" else []
-    validate(cfg)  # seconds, naming the key, before any model
+    validate(cfg)  # the settings, in seconds, naming the key
+    preflight(cfg)  # this machine: model files, Chromium or the env servers
     args = build.grpo_config(cfg, run_dir / "checkpoints", report_to)
     # Several processes (accelerate launch, torchrun): each plays and trains on its own groups; the first
     # alone plays the held-out evaluations and writes the run's records (config, metrics, W&B, summary).

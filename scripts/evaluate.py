@@ -24,7 +24,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from browserrl.compose import compose
-from browserrl.config import ConfigError, upgrade_saved, validate
+from browserrl.config import ConfigError, preflight, upgrade_saved, validate
 from browserrl.evaluate import evaluate_suite
 from browserrl.modeling import checkpoint_config
 
@@ -67,6 +67,7 @@ def main() -> None:
             cfg.eval.setdefault("sessions", cfg.env.sessions)  # a run saved before eval.sessions existed
     try:
         validate(cfg, trains=False)  # an evaluation trains nothing: sft.*, grpo.*, lora.* are not read
+        preflight(cfg)
     except ConfigError as exc:
         raise SystemExit(f"config error: {exc}") from None
     if args.out:

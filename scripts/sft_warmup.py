@@ -16,7 +16,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from browserrl.config import ConfigError, validate
+from browserrl.config import ConfigError, preflight, validate
 from browserrl.pool import env_pool
 from browserrl.sft import warm_up
 
@@ -30,6 +30,7 @@ def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir) / "sft"
     try:
         validate(cfg)
+        preflight(cfg)
     except ConfigError as exc:
         raise SystemExit(f"config error: {exc}") from None
     with env_pool(cfg) as pool:

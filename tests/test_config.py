@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from browserrl.build import grpo_config
-from browserrl.config import ConfigError, task_configs, validate
+from browserrl.config import ConfigError, preflight, task_configs, validate
 from browserrl.env.tasks import canonical_task
 from browserrl.oracle import ORACLES
 
@@ -170,10 +170,11 @@ def test_trainer_block_reaches_grpo_config(compose_cfg):
     ],
 )
 def test_bad_config_names_the_key(compose_cfg, overrides, key):
-    """What a run does first: validate, then build TRL's config (browserrl.train.run)."""
+    """What a run does first: validate, look at the machine, then build TRL's config (browserrl.train.run)."""
     cfg = compose_cfg(*overrides)
     with pytest.raises(ConfigError) as err:
         validate(cfg)
+        preflight(cfg)
         grpo_config(cfg)
     assert err.value.key == key
 
@@ -204,3 +205,20 @@ def test_a_run_saved_before_a_rename_still_evaluates(compose_cfg):
     upgrade_saved(saved)
     validate(saved, trains=False)
     assert saved.task.max_env_steps == cfg.task.max_env_steps and saved.tasks["login-user"].max_env_steps == 5
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["env=remote", "env.url=http://127.0.0.1:9"], "env.url"),
+        (["model.source=path", "model.name_or_path=/nonexistent"], "model.name_or_path"),
+    ],
+)
+def test_validation_reads_the_settings_and_preflight_the_machine(compose_cfg, overrides, key):
+    """validate() judges the settings alone (no server asked, no folder looked for); preflight() then finds
+    what this machine lacks, naming the same key."""
+    cfg = compose_cfg(*overrides)
+    validate(cfg)
+    with pytest.raises(ConfigError) as err:
+        preflight(cfg)
+    assert err.value.key == key
