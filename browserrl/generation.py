@@ -134,7 +134,8 @@ class HFGenerator:
     num_generations times, is encoded once. `merge_lora`: a LoRA policy (PeftModel) generates through a
     plain copy with its adapters merged into the weights, made again whenever the policy's weights change:
     LoRA's side path adds four small operations to every adapted linear layer, and a decode step of a small
-    model is mostly such per-operation overhead (benchmarks/bench_generate.py measures the difference).
+    model is mostly such per-operation overhead: 0.77-0.87 of the time on the cpu suite's groups
+    (benchmarks/bench_generate.py; docs/benchmarks.md, "Generation from a merged copy").
     """
 
     def __init__(
