@@ -20,6 +20,10 @@ MOVED = {
 }
 
 
+class MovedKeyError(ValueError):
+    """An override names a key that has moved; the message names where it went."""
+
+
 def moved(overrides: list[str]) -> str | None:
     """'KEY: moved to ...' for the first override that sets a moved key, else None."""
     for override in overrides:
@@ -32,6 +36,6 @@ def moved(overrides: list[str]) -> str | None:
 def compose(*overrides: str, return_hydra_config: bool = False) -> DictConfig:
     """conf/train.yaml with train.py's command-line overrides (`task=click-button`, `trainer.max_steps=2`)."""
     if message := moved(list(overrides)):
-        raise ValueError(message)
+        raise MovedKeyError(message)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose("train", overrides=list(overrides), return_hydra_config=return_hydra_config)

@@ -23,17 +23,17 @@ from pathlib import Path
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from browserrl.compose import compose
+from browserrl.compose import MovedKeyError, compose
 from browserrl.config import ConfigError, preflight, upgrade_saved, validate
 from browserrl.evaluate import evaluate_suite
 from browserrl.modeling import checkpoint_config
 
 
 def composed(overrides: list[str]) -> DictConfig:
-    """conf/train.yaml with train.py's overrides; a bad group option ends here, with Hydra's message."""
+    """conf/train.yaml with train.py's overrides; a bad group option or a moved key ends here, in one line."""
     try:
         return compose(*overrides)
-    except HydraException as exc:
+    except (HydraException, MovedKeyError) as exc:
         raise SystemExit(f"config error: {exc}") from None
 
 

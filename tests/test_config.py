@@ -222,3 +222,11 @@ def test_validation_reads_the_settings_and_preflight_the_machine(compose_cfg, ov
     with pytest.raises(ConfigError) as err:
         preflight(cfg)
     assert err.value.key == key
+
+
+def test_a_moved_key_is_named_with_its_new_place(compose_cfg):
+    """compose() (scripts/evaluate.py, the benchmarks) as train.py: one line naming the key's new place."""
+    from browserrl.compose import MovedKeyError
+
+    with pytest.raises(MovedKeyError, match="infra.study_max_steps: moved to trainer.max_steps"):
+        compose_cfg("+experiment=full_vs_lora", "infra.study_max_steps=2")
