@@ -27,7 +27,7 @@ import psutil
 
 from browserrl import build
 from browserrl.compose import compose
-from browserrl.config import preflight, validate
+from browserrl.config import bf16_autocast, preflight, validate
 from browserrl.evaluate import heldout_report
 from browserrl.memory import peak_memory_mb, reset_peak_memory
 from browserrl.modeling import load_policy
@@ -69,7 +69,7 @@ def main() -> None:
     generator = build.hf_generator(model, chat, cfg)
     episodes = len(cfg.suite.tasks) * cfg.eval.num_seeds * (2 if cfg.eval.greedy else 1)
     report: dict[str, Any] = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, bf16={cfg.trainer.bf16}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, bf16={bf16_autocast(cfg)}",
         "overrides": args.overrides,
         "episodes": episodes,
     }

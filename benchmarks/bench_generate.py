@@ -27,7 +27,7 @@ from peft import get_peft_model
 
 from browserrl import build
 from browserrl.compose import compose
-from browserrl.config import preflight, validate
+from browserrl.config import bf16_autocast, preflight, validate
 from browserrl.modeling import load_checkpoint, load_policy, lora_config
 from browserrl.pool import env_pool
 from browserrl.rollout import ChatFormat, RolloutBatch, model_policy
@@ -84,7 +84,7 @@ def main() -> None:
                     results[way][decoding].append(row)
                     print(json.dumps({"repeat": repeat, "way": way, "decoding": decoding, **row}), flush=True)
     report: dict[str, Any] = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, bf16={cfg.trainer.bf16}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, bf16={bf16_autocast(cfg)}",
         "checkpoint": str(args.checkpoint) if args.checkpoint else "a fresh adapter",
         "overrides": args.overrides,
         "episodes_per_play": len(played),

@@ -23,7 +23,7 @@ import torch
 from peft import get_peft_model
 
 from browserrl.compose import compose
-from browserrl.config import preflight, validate
+from browserrl.config import bf16_autocast, preflight, validate
 from browserrl.modeling import load_policy, lora_config
 from browserrl.pool import env_pool
 
@@ -47,7 +47,7 @@ def main() -> None:
     def seconds_per_step() -> float:
         start = time.perf_counter()
         for _ in range(args.steps):
-            with torch.autocast("cpu", torch.bfloat16, enabled=bool(cfg.trainer.bf16)):
+            with torch.autocast("cpu", torch.bfloat16, enabled=bf16_autocast(cfg)):
                 loss = model(input_ids=ids, labels=ids).loss
             loss.backward()
         return (time.perf_counter() - start) / args.steps
@@ -66,7 +66,7 @@ def main() -> None:
             print(json.dumps(times), flush=True)
     open_s, released_s = statistics.median(times["open"]), statistics.median(times["released"])
     report = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, bf16={cfg.trainer.bf16}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, bf16={bf16_autocast(cfg)}",
         "sessions": n,
         "tokens": args.tokens,
         "seconds_per_step": times,

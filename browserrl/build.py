@@ -16,11 +16,12 @@ from omegaconf import DictConfig, OmegaConf
 from trl import GRPOConfig
 
 from browserrl import oracle, rewards
-from browserrl.config import ConfigError, check_groups, task_configs
+from browserrl.config import ConfigError, bf16_autocast, check_groups, task_configs
 from browserrl.generation import HFGenerator, SamplingParams
 from browserrl.modeling import max_positions
 from browserrl.pool import EnvPool
 from browserrl.rollout import ChatFormat, Policy, RolloutEngine, scripted_policy
+from browserrl.settings import TaskSettings
 
 
 def grpo_config(
@@ -33,6 +34,7 @@ def grpo_config(
     try:
         args = GRPOConfig(
             **trainer,
+            bf16=bf16_autocast(cfg),
             output_dir=str(output_dir),
             run_name=cfg.run_name,
             report_to=list(report_to),
@@ -52,13 +54,13 @@ def sampling(cfg: DictConfig) -> SamplingParams:
 
 def hf_generator(model: Any, chat: ChatFormat, cfg: DictConfig) -> HFGenerator:
     """transformers generate on `model` (the base model, a checkpoint, the policy in training): the trainer's
-    sampling and autocast (trainer.bf16, from infra.precision), the infra's key/value reuse."""
+    sampling and autocast (infra.precision), the infra's key/value reuse."""
     return HFGenerator(
         model,
         chat.tokenizer.pad_token_id,
         chat.eot_id,
         sampling(cfg),
-        bool(cfg.trainer.get("bf16")),
+        bf16_autocast(cfg),
         cfg.infra.reuse_kv_cache,
     )
 
@@ -68,7 +70,7 @@ def rollout_engine(
     pool: EnvPool,
     chat: ChatFormat,
     cfg: DictConfig,
-    tasks: Mapping[str, DictConfig] | None = None,
+    tasks: Mapping[str, TaskSettings] | None = None,
     bounded: bool = True,
 ) -> RolloutEngine:
     """Episodes of `tasks` (default: the suite's) played by `policy`, each within the episode token budget
@@ -83,7 +85,7 @@ def demonstrator(
     pool: EnvPool,
     chat: ChatFormat,
     cfg: DictConfig,
-    tasks: Mapping[str, DictConfig] | None = None,
+    tasks: Mapping[str, TaskSettings] | None = None,
     bounded: bool = True,
 ) -> RolloutEngine:
     """The rollout engine with the scripted oracle playing the turns in the policy's own format

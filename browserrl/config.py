@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 from trl import GRPOConfig, SFTConfig
 
 from browserrl import rewards
@@ -24,6 +24,7 @@ from browserrl.env.tasks import canonical_task
 from browserrl.modeling import bf16_faster, lora_config, max_positions
 from browserrl.oracle import ORACLE_TASKS
 from browserrl.pool import server_urls
+from browserrl.settings import TaskSettings
 
 
 class ConfigError(ValueError):
@@ -34,19 +35,24 @@ class ConfigError(ValueError):
         self.key = key
 
 
-def task_config(cfg: DictConfig, name: str) -> DictConfig:
-    """One task's settings: `task`'s, with the task's own entry on top (a suite's episode caps, a conf/task
-    file pulled in by a suite's defaults list), under that task's name. The entry is the suite's (`tasks`),
-    else the transfer suite's (`transfer.tasks`), whose tasks are only evaluated."""
+def merged_task(cfg: DictConfig, name: str) -> DictConfig:
+    """One task's config section: `task`'s, with the task's own entry on top (a suite's episode caps, a
+    conf/task file pulled in by a suite's defaults list), under that task's name. The entry is the suite's
+    (`tasks`), else the transfer suite's (`transfer.tasks`), whose tasks are only evaluated."""
     entries = {**((cfg.get("transfer") or {}).get("tasks") or {}), **cfg.get("tasks", {})}
     if name == cfg.task.name and name not in entries:
         return cfg.task
-    return OmegaConf.merge(cfg.task, entries.get(name, {}), {"name": name})
+    try:
+        return OmegaConf.merge(cfg.task, entries.get(name, {}), {"name": name})
+    except ConfigKeyError as exc:  # a setting no task has, in a suite's entry
+        scope = "tasks" if name in cfg.get("tasks", {}) else "transfer.tasks"
+        key = f"{scope}.{name}.{str(exc.full_key).removeprefix('task.')}"
+        raise ConfigError(key, "not a task setting (conf/task/click-test.yaml lists them)") from None
 
 
-def task_configs(cfg: DictConfig, names: list[str] | None = None) -> dict[str, DictConfig]:
+def task_configs(cfg: DictConfig, names: list[str] | None = None) -> dict[str, TaskSettings]:
     """Settings by task name for `names` (default: the suite's tasks), as the rollout engine reads them."""
-    return {name: task_config(cfg, name) for name in names or cfg.suite.tasks}
+    return {name: TaskSettings.from_config(merged_task(cfg, name)) for name in names or cfg.suite.tasks}
 
 
 def _positive_int(key: str, value: Any, minimum: int = 1) -> None:
@@ -98,6 +104,10 @@ def check_task(key: str, task: DictConfig) -> None:
             resolve_allowed(task.allowed_actions)
         except ValueError as exc:
             raise ConfigError(f"{key}.allowed_actions", str(exc)) from exc
+    try:
+        TaskSettings.from_config(task)
+    except TypeError as exc:  # a setting no task has (its message names it)
+        raise ConfigError(key, str(exc)) from exc
 
 
 def check_delay(key: str, seconds: Any) -> None:
@@ -124,11 +134,11 @@ def check_tasks(cfg: DictConfig) -> None:
             except ValueError as exc:
                 raise ConfigError(key, str(exc)) from exc
     for name in (cfg.transfer.get("tasks") or {}) if transfer else {}:
-        check_task(f"transfer.tasks.{name}", task_config(cfg, name))
+        check_task(f"transfer.tasks.{name}", merged_task(cfg, name))
     for name, task in cfg.get("tasks", {}).items():
         if task.get("name", name) != name:
             raise ConfigError(f"tasks.{name}.name", f"must be {name!r} (the key), got {task.name!r}")
-        check_task(f"tasks.{name}", task_config(cfg, name))
+        check_task(f"tasks.{name}", merged_task(cfg, name))
 
 
 @functools.cache
@@ -161,17 +171,21 @@ def check_trainer(cfg: DictConfig) -> None:
             raise ConfigError(f"trainer.{key}", f"must be > 0, got {trainer[key]!r}")
 
 
-def set_precision(cfg: DictConfig) -> None:
-    """`infra.precision` (auto, bf16, fp32) decides `trainer.bf16`: the trainer's autocast, which the
-    sampler (HFGenerator) and the SFT warm-up follow. auto: bf16 where it is faster (modeling.bf16_faster)."""
+def check_precision(cfg: DictConfig) -> None:
     precision = cfg.infra.get("precision", "fp32")
     if precision not in ("auto", "bf16", "fp32"):
         raise ConfigError("infra.precision", f"must be auto, bf16 or fp32, got {precision!r}")
     if "bf16" in cfg.trainer:
         raise ConfigError("trainer.bf16", "set by infra.precision (auto, bf16, fp32): use that instead")
-    bf16 = precision == "bf16" or (precision == "auto" and bf16_faster(bool(cfg.trainer.get("use_cpu"))))
-    with open_dict(cfg):
-        cfg.trainer.bf16 = bf16
+
+
+def bf16_autocast(cfg: DictConfig) -> bool:
+    """`infra.precision` (auto, bf16, fp32) as the trainer's autocast (GRPOConfig.bf16), which the sampler
+    (HFGenerator) and the SFT warm-up follow. auto: bf16 where it is faster (modeling.bf16_faster, measured
+    once per process). Read, never written into the config: a run records it (summary.json
+    `precision/bf16`)."""
+    precision = cfg.infra.get("precision", "fp32")
+    return precision == "bf16" or (precision == "auto" and bf16_faster(bool(cfg.trainer.get("use_cpu"))))
 
 
 def check_lora(cfg: DictConfig) -> None:
@@ -332,7 +346,7 @@ def validate(cfg: DictConfig, trains: bool = True) -> None:
         check_lora(cfg)
         check_sft(cfg)
     check_eval(cfg)
-    set_precision(cfg)
+    check_precision(cfg)
     try:
         rewards.select(dict(cfg.rewards))
     except ValueError as exc:

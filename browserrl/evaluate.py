@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from transformers import TrainerCallback
 
 from browserrl import baselines, build, oracle
 from browserrl.analysis import markdown_table, plot_suite
 from browserrl.baselines import constant_action, constant_candidates, random_action
 from browserrl.compat import log_line
-from browserrl.config import task_configs
+from browserrl.config import bf16_autocast, task_configs
 from browserrl.generation import HFGenerator
 from browserrl.metrics import episode_metrics, jsonable
 from browserrl.modeling import cache_root, load_checkpoint, load_policy, model_identity, policy_device
@@ -88,11 +88,9 @@ def eval_key(
         "model": None if scripted else model_identity(cfg.model),
         "scripts": hashlib.sha1(code).hexdigest()[:12] if scripted else None,
         "decoding": decoding,
-        "tasks": {
-            n: OmegaConf.to_container(c, resolve=True) for n, c in task_configs(cfg, list(tasks)).items()
-        },
+        "tasks": {n: c.as_dict() for n, c in task_configs(cfg, list(tasks)).items()},
         "seeds": list(runs),
-        "sampling": None if scripted else [t.temperature, t.top_p, t.get("top_k"), t.get("bf16")],
+        "sampling": None if scripted else [t.temperature, t.top_p, t.get("top_k"), bf16_autocast(cfg)],
         "max_completion_length": t.max_completion_length,
     }
 

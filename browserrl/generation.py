@@ -128,7 +128,7 @@ def reusable(cache: Any) -> bool:
 class HFGenerator:
     """transformers `generate` on a left-padded batch; the model is put in eval mode for the call.
 
-    `bf16`: generate under the same bfloat16 autocast the trainer computes in (trainer.bf16), so sampler and
+    `bf16`: generate under the bfloat16 autocast the trainer computes in (GRPOConfig.bf16), so sampler and
     trainer logprobs come from the same arithmetic. `reuse_cache`: keep each sequence's keys and values
     (PrefixCache) where the model's cache allows it; the first turn of a GRPO group, the same prompt
     num_generations times, is encoded once. `merge_lora`: a LoRA policy (PeftModel) generates through a

@@ -7,6 +7,7 @@ only meant for machines that have the hub (GPU clusters).
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import importlib.util
 import math
@@ -16,7 +17,7 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from peft import LoraConfig, PeftModel
 from transformers import (
     AutoConfig,
@@ -217,13 +218,18 @@ def load_policy(
 
     `trains_weights` (a full fine-tune; SFT, whose LoRA is merged into the weights): fp32 whatever
     `model.dtype` says. The optimizer updates these tensors in place, and in bf16 an AdamW step of lr 1e-5 on
-    a weight of ~0.02 (bf16 spacing there ~1e-4) rounds to nothing; the trainer's autocast (trainer.bf16,
+    a weight of ~0.02 (bf16 spacing there ~1e-4) rounds to nothing; the trainer's autocast (GRPOConfig.bf16,
     from infra.precision) still computes in bf16. LoRA's frozen base keeps `model.dtype`."""
     path = resolve_model_path(model_cfg)
     tokenizer = load_tokenizer(path)
-    dtype = torch.float32 if trains_weights else getattr(torch, model_cfg.get("dtype", "float32"))
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=weights_dtype(model_cfg, trains_weights))
     return model, tokenizer
+
+
+def weights_dtype(model_cfg: DictConfig, trains_weights: bool = False) -> torch.dtype:
+    """The dtype a policy's weights are held in: fp32 where the optimizer steps them (load_policy says why),
+    else `model.dtype`."""
+    return torch.float32 if trains_weights else getattr(torch, model_cfg.get("dtype", "float32"))
 
 
 def policy_device(use_cpu: bool) -> torch.device:
@@ -249,12 +255,32 @@ def count_parameters(model: torch.nn.Module) -> dict[str, int]:
     }
 
 
+#: Where a run's SFT warm-up writes (`RUN/sft`), its checkpoint in `final/`.
+SFT_DIR = "sft"
+
+
+def warm_started(cfg: DictConfig, run_dir: Path) -> DictConfig:
+    """The run's settings as GRPO sees them: with the SFT warm-up (`sft.enabled`), `model` is its checkpoint
+    RUN/sft/final (what `model.source=path model.name_or_path=...` says on a command line). A new object:
+    the composed config, saved once as RUN/config.yaml, keeps saying what the run was asked to start from."""
+    if not cfg.sft.get("enabled"):
+        return cfg
+    started = copy.deepcopy(cfg)
+    with open_dict(started):
+        started.model.source = "path"
+        started.model.name_or_path = str(run_dir / SFT_DIR / "final")
+    return started
+
+
 def checkpoint_config(path: Path) -> DictConfig:
-    """The resolved run config saved with a checkpoint: `final/config.yaml`, or the run dir's for
-    `checkpoints/checkpoint-N` (the trainer's own checkpoints do not carry it)."""
-    for candidate in (path / "config.yaml", path.parent.parent / "config.yaml"):
-        if candidate.exists():
-            return OmegaConf.load(candidate)
+    """The resolved run config saved with a checkpoint: `final/config.yaml`, or for
+    `checkpoints/checkpoint-N` (the trainer's own checkpoints do not carry it) the run dir's, warm-started as
+    the run's GRPO was."""
+    if (path / "config.yaml").exists():
+        return OmegaConf.load(path / "config.yaml")
+    run_dir = path.parent.parent
+    if (run_dir / "config.yaml").exists():
+        return warm_started(OmegaConf.load(run_dir / "config.yaml"), run_dir)
     raise FileNotFoundError(f"no config.yaml in {path} or its run dir: not a browserrl checkpoint")
 
 

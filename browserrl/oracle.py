@@ -13,9 +13,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from omegaconf import DictConfig
-
 from browserrl.prompts import AXNode, parse_axtree, target_turn
+from browserrl.settings import TaskSettings
 
 #: An oracle: (goal, AX tree) -> the next action, or None when it does not know the page.
 Oracle = Callable[[str, str], str | None]
@@ -44,7 +43,7 @@ def act(obs: Any) -> str | None:
     return oracle_action(obs.metadata.get("task_name", ""), obs.goal, obs.axtree_txt or "")
 
 
-def demonstration_turn(tasks: Mapping[str, DictConfig]) -> Callable[[Any], str | None]:
+def demonstration_turn(tasks: Mapping[str, TaskSettings]) -> Callable[[Any], str | None]:
     """The oracle's turn, written as the task's prompt teaches the model to write it (prompts.target_turn):
     played by browserrl.build.demonstrator, its episodes are demonstrations in the policy's own format."""
 

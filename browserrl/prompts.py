@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from omegaconf import DictConfig
+from browserrl.settings import TaskSettings
 
 DEFAULT_SYSTEM_PROMPT = "Answer with one browser action, like click('12')."
 
@@ -141,28 +141,28 @@ def bid_after_name(axtree: str) -> str:
     return "\n".join(lines)
 
 
-def render_page(axtree: str, task: DictConfig) -> str:
+def render_page(axtree: str, task: TaskSettings) -> str:
     """The page as the prompt shows it: cleaned, compacted for long pages, ids after names if asked."""
     page = clean_axtree(axtree)
-    if task.prompt.get("compact"):  # absent from configs of runs older than the option
+    if task.prompt.compact:
         page = compact_axtree(page)
-    if task.prompt.get("bid_after_name"):
+    if task.prompt.bid_after_name:
         page = bid_after_name(page)
     return truncate_axtree(page, task.prompt.max_axtree_chars)
 
 
-def target_turn(action: str, axtree: str, task: DictConfig) -> str:
+def target_turn(action: str, axtree: str, task: TaskSettings) -> str:
     """The assistant turn as the prompt teaches it: with `prompt.name_target`, the element the action acts
     on (its line, as `bid_after_name` shows it) before the action: `button 'previous' [22] -> click('22')`.
     The env reads the action (the first call in the turn); the model gets to find the element first."""
-    if not task.prompt.get("name_target"):
+    if not task.prompt.name_target:
         return action
     bid = re.match(r"\w+\(\s*['\"]([^'\"]+)['\"]", action)
     node = next((n for n in parse_axtree(axtree) if bid and n.bid == bid[1]), None)
     return f"{node.role} {node.name!r} [{node.bid}] -> {action}" if node else action
 
 
-def observation_text(obs: Any, task: DictConfig) -> str:
+def observation_text(obs: Any, task: TaskSettings) -> str:
     """One user turn: the goal, the page, and the previous action's error if there was one."""
     parts = [f"Goal: {obs.goal}", "Page:\n" + render_page(obs.axtree_txt or "", task)]
     if obs.last_action_error and obs.error:
@@ -170,11 +170,11 @@ def observation_text(obs: Any, task: DictConfig) -> str:
     return "\n\n".join(parts)
 
 
-def initial_messages(obs: Any, task: DictConfig) -> list[dict[str, str]]:
+def initial_messages(obs: Any, task: TaskSettings) -> list[dict[str, str]]:
     """System prompt, worked example (if enabled), first observation."""
     messages = [{"role": "system", "content": task.prompt.system or DEFAULT_SYSTEM_PROMPT}]
     if task.prompt.worked_example:
-        page = bid_after_name(EXAMPLE_PAGE) if task.prompt.get("bid_after_name") else EXAMPLE_PAGE
+        page = bid_after_name(EXAMPLE_PAGE) if task.prompt.bid_after_name else EXAMPLE_PAGE
         messages += [
             {"role": "user", "content": f"Goal: {EXAMPLE_GOAL}\n\nPage:\n{page}"},
             {"role": "assistant", "content": target_turn(EXAMPLE_ACTION, EXAMPLE_PAGE, task)},

@@ -28,7 +28,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import DictConfig
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
@@ -36,6 +35,7 @@ from browserrl.env.actions import DEFAULT_ALLOWED, extract_action, validate_acti
 from browserrl.generation import Generator, Turn
 from browserrl.pool import EnvFailure, EnvPool
 from browserrl.prompts import initial_messages, observation_text
+from browserrl.settings import TaskSettings
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ class RolloutEngine:
     """Plays episodes: the policy for the turns, the env pool for the pages.
 
     `tasks` holds each task's settings by name (browserrl.config.task_configs): its episode cap, tokens per
-    turn, allowed actions, observation delay and prompt. `max_completion_tokens`
+    turn, allowed actions, observation delay and prompt. `max_completion_length`
     (trainer.max_completion_length) bounds an episode's completion_ids, and `max_positions` (the model's
     max_position_embeddings) its prompt and completion together: an episode whose next observation and turn
     would not fit ends there, truncated, like one that reached max_steps.
@@ -178,12 +178,12 @@ class RolloutEngine:
         policy: Policy,
         pool: EnvPool,
         chat: ChatFormat,
-        tasks: Mapping[str, DictConfig],
-        max_completion_tokens: int | None = None,
+        tasks: Mapping[str, TaskSettings],
+        max_completion_length: int | None = None,
         max_positions: int | None = None,
     ):
         self.policy, self.pool, self.chat, self.tasks = policy, pool, chat, tasks
-        self.max_completion_tokens, self.max_positions = max_completion_tokens, max_positions
+        self.max_completion_length, self.max_positions = max_completion_length, max_positions
         self._over_budget: set[str] = set()  # tasks whose episodes a token limit has cut (warned once)
 
     def play(
@@ -243,7 +243,7 @@ class RolloutEngine:
             episode.extend([self.chat.eot_id], None, from_model=False)
         text = self.chat.tokenizer.decode(turn.ids, skip_special_tokens=True).strip()
         action = extract_action(text)
-        allowed = self.tasks[episode.task].get("allowed_actions") or DEFAULT_ALLOWED
+        allowed = self.tasks[episode.task].allowed_actions or DEFAULT_ALLOWED
         if action is None or validate_action(action, frozenset(allowed)) is not None:
             episode.invalid_actions += 1
             action = action or text  # the env refuses it with an error observation: the episode goes on
@@ -286,7 +286,7 @@ class RolloutEngine:
         next_turn = len(env_ids) + task.max_action_tokens + 1  # the observation, a turn, its end
         after_prompt = self.max_positions and self.max_positions - len(episode.prompt_ids)
         limits = {  # the completion's token budget; the model's positions the prompt leaves
-            "trainer.max_completion_length": self.max_completion_tokens,
+            "trainer.max_completion_length": self.max_completion_length,
             "the model's max_position_embeddings": after_prompt,
         }
         for name, budget in limits.items():

@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from datasets import Dataset
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import SFTConfig, SFTTrainer
 
 from browserrl import build
 from browserrl.compat import compact_lm_head
-from browserrl.config import task_configs
+from browserrl.config import bf16_autocast, task_configs
 from browserrl.modeling import load_policy, lora_config
 from browserrl.pool import EnvPool
 from browserrl.rollout import ChatFormat, Episode, RolloutEngine
@@ -65,7 +65,7 @@ def train_sft(
             "completion_mask": [[0] * len(d.prompt_ids) + d.env_mask for d in demos],
         }
     )
-    fields: dict[str, Any] = {"use_cpu": cfg.trainer.use_cpu, "bf16": cfg.trainer.bf16, "seed": cfg.seed}
+    fields: dict[str, Any] = {"use_cpu": cfg.trainer.use_cpu, "bf16": bf16_autocast(cfg), "seed": cfg.seed}
     fields |= OmegaConf.to_container(cfg.sft.trainer, resolve=True)
     args = SFTConfig(
         **fields,
@@ -116,10 +116,3 @@ def warm_up(cfg: DictConfig, pool: EnvPool, out_dir: Path) -> Path:
         raise RuntimeError(f"the oracle solved none of {list(cfg.sft.tasks)}: nothing to imitate")
     log.info("sft: %d successful oracle episodes", len(demos))
     return train_sft(model, tokenizer, demos, cfg, out_dir)
-
-
-def start_from(cfg: DictConfig, checkpoint: Path) -> None:
-    """Point cfg.model at the warm-started checkpoint (what `model.source=path` does on the command line)."""
-    with open_dict(cfg):
-        cfg.model.source = "path"
-        cfg.model.name_or_path = str(checkpoint)

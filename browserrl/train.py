@@ -31,10 +31,17 @@ from browserrl.groups import GroupCollector
 from browserrl.grpo import GRPOTrainer, StopWhenIdle, sum_over_processes
 from browserrl.memory import peak_memory_mb, reset_peak_memory
 from browserrl.metrics import JsonlLogger, ProgressBar, jsonable
-from browserrl.modeling import count_parameters, load_policy, lora_config, policy_device
+from browserrl.modeling import (
+    SFT_DIR,
+    count_parameters,
+    load_policy,
+    lora_config,
+    policy_device,
+    warm_started,
+)
 from browserrl.pool import env_pool
 from browserrl.rollout import ChatFormat, RolloutEngine, model_policy, trainer_output
-from browserrl.sft import start_from, warm_up
+from browserrl.sft import warm_up
 
 log = logging.getLogger(__name__)
 GROUP_SLOT = "a group of one (task, seed) instance, drawn by the task sampler"
@@ -134,7 +141,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     if main:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     set_seed(cfg.seed)  # the base eval samples before the trainer seeds anything
-    summary: dict[str, float] = {}
+    summary: dict[str, float] = {"precision/bf16": args.bf16}  # infra.precision, decided on this machine
     clock = Clock(summary)
 
     with ExitStack() as stack:
@@ -142,11 +149,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         demonstrations = 0
         if cfg.sft.enabled:  # scripted-oracle SFT warm-up; GRPO then starts from its checkpoint
             with clock("time/sft_s"):
-                sft_final = warm_up(cfg, pool, run_dir / "sft")
+                sft_final = warm_up(cfg, pool, run_dir / SFT_DIR)
             demonstrations = json.loads((sft_final.parent / "sft_summary.json").read_text())["demonstrations"]
-            start_from(cfg, sft_final)
-            if main:
-                OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+            cfg = warm_started(cfg, run_dir)  # from here on, `model` is the SFT checkpoint
         model, tokenizer = load_policy(cfg.model, trains_weights=cfg.tuning.name == "full")
         model.to(policy_device(args.use_cpu))
         chat = ChatFormat(tokenizer, cfg.model.eot_token)

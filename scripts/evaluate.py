@@ -63,7 +63,7 @@ def main() -> None:
             with open_dict(cfg):
                 cfg.suite, cfg.tasks = suite.suite, suite.tasks
         with open_dict(cfg):
-            cfg.trainer.pop("bf16", None)  # validate sets it again from infra.precision, on this machine
+            cfg.trainer.pop("bf16", None)  # saved by runs before infra.precision alone decided it
             cfg.eval.setdefault("sessions", cfg.env.sessions)  # a run saved before eval.sessions existed
     try:
         validate(cfg, trains=False)  # an evaluation trains nothing: sft.*, grpo.*, lora.* are not read

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from pathlib import Path
 
@@ -9,9 +10,10 @@ import pytest
 from omegaconf import OmegaConf
 
 from browserrl.build import grpo_config
-from browserrl.config import ConfigError, preflight, task_configs, validate
+from browserrl.config import ConfigError, bf16_autocast, preflight, task_configs, validate
 from browserrl.env.tasks import canonical_task
 from browserrl.oracle import ORACLES
+from browserrl.settings import TaskSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUPS = ["task", "suite", "tuning", "model", "infra", "env", "logger", "sft", "transfer", "arm"]
@@ -52,7 +54,7 @@ def test_every_suite_validates_with_each_task_s_own_settings(compose_cfg, suite)
             own = compose_cfg(f"task={name}").task
             for key in ("max_env_steps", "observation_delay", "max_action_tokens", "prompt"):
                 if own[key] != defaults[key]:  # what the task's file sets apart from the defaults
-                    assert settings[key] == own[key], (name, key)
+                    assert getattr(settings, key) == getattr(TaskSettings.from_config(own), key), (name, key)
 
 
 def test_cpu_suite_reads_pages_in_several_steps(compose_cfg):
@@ -230,3 +232,21 @@ def test_a_moved_key_is_named_with_its_new_place(compose_cfg):
 
     with pytest.raises(MovedKeyError, match="infra.study_max_steps: moved to trainer.max_steps"):
         compose_cfg("+experiment=full_vs_lora", "infra.study_max_steps=2")
+
+
+def test_validation_writes_nothing_and_task_settings_are_frozen(compose_cfg):
+    """The composed config is what the run saves (config.yaml, once): validate() reads it and writes nothing,
+    the precision included (infra.precision is read where it is used, browserrl.config.bf16_autocast); the
+    lower layers get each task's settings as a frozen object."""
+    cfg = compose_cfg("+experiment=rl_vs_sft")
+    before = OmegaConf.to_yaml(cfg, resolve=True)
+    validate(cfg)
+    assert OmegaConf.to_yaml(cfg, resolve=True) == before and "bf16" not in cfg.trainer
+    assert grpo_config(cfg).bf16 == bf16_autocast(cfg)
+    settings = task_configs(cfg)["click-checkboxes"]
+    assert isinstance(settings, TaskSettings) and settings.prompt.name_target
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.max_env_steps = 99  # type: ignore[misc]
+    with pytest.raises(ConfigError) as err:  # a misspelt setting in a suite's entry: named, in one line
+        validate(compose_cfg("+tasks.click-test.max_env_step=3"))
+    assert err.value.key == "tasks.click-test.max_env_step"

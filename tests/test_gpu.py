@@ -18,6 +18,7 @@ from browserrl.generation import SamplingParams, VLLMGenerator
 from browserrl.modeling import load_policy, prepare_packaged_model
 from browserrl.pool import EnvPool
 from browserrl.rollout import ChatFormat, RolloutEngine, model_policy
+from browserrl.settings import TaskSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_INFRA = ["gpu", "gpu-vllm-server"]
@@ -62,7 +63,7 @@ def test_vllm_colocate_rollout_keeps_the_contract(env_url):
     model, tokenizer = load_policy(OmegaConf.create({"source": "packaged", "dtype": "float32"}))
     model = model.cuda().eval()
     chat = ChatFormat(tokenizer)
-    task = OmegaConf.load(ROOT / "conf/task/click-test.yaml")
+    task = TaskSettings.from_config(OmegaConf.load(ROOT / "conf/task/click-test.yaml"))
     pool = EnvPool(lambda _: [env_url], size=4)
     try:
         generator = VLLMGenerator(llm, chat.eot_id, SamplingParams(0.7))

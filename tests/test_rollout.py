@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import pytest
@@ -13,6 +14,7 @@ from browserrl.generation import HFGenerator, SamplingParams
 from browserrl.modeling import load_policy
 from browserrl.pool import EnvPool
 from browserrl.rollout import ChatFormat, RolloutEngine, model_policy, trainer_output
+from browserrl.settings import TaskSettings
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -36,12 +38,11 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def task(root):
-    cfg = OmegaConf.load(root / "conf/task/click-test.yaml")
-    cfg.max_env_steps, cfg.max_action_tokens = 3, 6
-    return cfg
+    click_test = TaskSettings.from_config(OmegaConf.load(root / "conf/task/click-test.yaml"))
+    return dataclasses.replace(click_test, max_env_steps=3, max_action_tokens=6)
 
 
-def play(tiny, task, env_url, n=4, max_completion_tokens=None, greedy=False, bf16=False, max_positions=None):
+def play(tiny, task, env_url, n=4, max_completion_length=None, greedy=False, bf16=False, max_positions=None):
     model, tokenizer = tiny
     chat = ChatFormat(tokenizer)
     pool = EnvPool(lambda _: [env_url], size=n)
@@ -49,7 +50,7 @@ def play(tiny, task, env_url, n=4, max_completion_tokens=None, greedy=False, bf1
         generator = HFGenerator(model, tokenizer.pad_token_id, chat.eot_id, SamplingParams(TEMPERATURE), bf16)
         tasks = {"click-test": task}
         engine = RolloutEngine(
-            model_policy(generator), pool, chat, tasks, max_completion_tokens, max_positions
+            model_policy(generator), pool, chat, tasks, max_completion_length, max_positions
         )
         instances = [("click-test", 7)] * (n // 2) + [("click-test", 8)] * (n - n // 2)
         return engine.play(instances, greedy), chat
@@ -79,7 +80,7 @@ def test_token_budget_truncates_episodes(tiny, task, env_url, caplog):
     assert [e.steps for e in unbounded.episodes] == [3, 3]
     budget = min(len(e.completion_ids) for e in unbounded.episodes) - 1
     with caplog.at_level(logging.WARNING, logger="browserrl.rollout"):
-        batch, chat = play(tiny, task, env_url, n=2, max_completion_tokens=budget, greedy=True)
+        batch, chat = play(tiny, task, env_url, n=2, max_completion_length=budget, greedy=True)
     for e in batch.episodes:
         assert e.truncated and e.steps == 2
         assert len(e.completion_ids) <= budget and e.completion_ids[-1] == chat.eot_id

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from browserrl.build import demonstrator
 from browserrl.config import task_configs, validate
-from browserrl.modeling import load_policy
+from browserrl.modeling import SFT_DIR, checkpoint_config, load_policy, warm_started
 from browserrl.pool import EnvPool
 from browserrl.rollout import ChatFormat
-from browserrl.sft import (
-    collect_demonstrations,
-    demonstration_instances,
-    start_from,
-    train_sft,
-)
+from browserrl.sft import collect_demonstrations, demonstration_instances, train_sft
 
 
 def test_episodes_by_task_gives_a_task_more_seeds(compose_cfg):
@@ -35,7 +30,7 @@ def test_demonstrations_train_a_loadable_checkpoint(compose_cfg, root, env_url, 
     cfg = compose_cfg("model=tiny-lfm2", "infra=cpu", "tuning=lora", "sft=oracle")
     with open_dict(cfg):
         cfg.sft.trainer.update(max_steps=1, per_device_train_batch_size=2, logging_steps=1)
-    validate(cfg)  # as every entry point does: it also sets trainer.bf16 from infra.precision
+    validate(cfg)  # as every entry point does
     model, tokenizer = load_policy(cfg.model)
     chat = ChatFormat(tokenizer)
     instances = [("click-test", 1), ("click-button", 1), ("focus-text", 1), ("enter-text", 1)]
@@ -57,9 +52,16 @@ def test_demonstrations_train_a_loadable_checkpoint(compose_cfg, root, env_url, 
         assert turns == [*actions, ""]  # exactly the actions, each closed by the end-of-turn token
         assert demo.completion_ids[-1] == chat.eot_id
 
-    final = train_sft(model, tokenizer, demos, cfg, tmp_path)
+    final = train_sft(model, tokenizer, demos, cfg, tmp_path / SFT_DIR)
     assert not (final / "adapter_config.json").exists()  # LoRA merged: a plain model folder
-    start_from(cfg, final)
-    assert (cfg.model.source, cfg.model.name_or_path) == ("path", str(final))
-    warm, _ = load_policy(cfg.model)
+    asked = OmegaConf.to_yaml(cfg)
+    started = warm_started(cfg, tmp_path)
+    assert OmegaConf.to_yaml(cfg) == asked  # the composed config (config.yaml) is left as it was
+    assert (started.model.source, started.model.name_or_path) == ("path", str(final))
+    warm, _ = load_policy(started.model)
     assert type(warm).__name__ == "Lfm2ForCausalLM"
+    # a trainer checkpoint of the GRPO that followed finds its base through the run dir's config.yaml
+    OmegaConf.save(cfg, tmp_path / "config.yaml", resolve=True)
+    step = tmp_path / "checkpoints" / "checkpoint-1"
+    step.mkdir(parents=True)
+    assert checkpoint_config(step).model.name_or_path == str(final)
