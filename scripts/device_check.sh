@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The device check on a GPU machine (docs/gpu.md, "The device check"): install the carried wheels into a
-# scratch folder (the image's own packages stay as they are), then run scripts/device_check.py, which writes
-# OUT/device_check.json and OUT/device_check.md; the log and nvidia-smi's view go to OUT too.
+# scratch folder (the image's own packages stay as they are), then run the driver (device_check/, as
+# `python -m device_check`), which writes OUT/device_check.json and OUT/device_check.md; the log and
+# nvidia-smi's view go to OUT too.
 #
 #   make device-wheels                         # here, once: fills .device-carry (wheels + tokenizer)
 #   scripts/device_check.sh OUT [options]      # there, with .device-carry carried; options go to the driver
@@ -9,7 +10,7 @@
 # PYTHON picks the interpreter (default python3: on the check machines, the one that holds torch).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${1:?usage: scripts/device_check.sh OUT_DIR [scripts/device_check.py options]}
+out=${1:?usage: scripts/device_check.sh OUT_DIR [python -m device_check options]}
 shift
 py=${PYTHON:-python3}
 carry=.device-carry
@@ -27,7 +28,7 @@ export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false TRL_EXPERIMENTAL_SILENCE=1
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled
 nvidia-smi >"$out/nvidia-smi.txt" 2>&1 || true
-"$py" scripts/device_check.py "$out" --tokenizer $carry/tokenizer "$@" 2>&1 | tee "$out/device_check.log"
+"$py" -m device_check "$out" --tokenizer $carry/tokenizer "$@" 2>&1 | tee "$out/device_check.log"
 status=${PIPESTATUS[0]}
 echo "device check: exit $status after $(( $(date +%s) - started )) s; results in $out"
 exit "$status"

@@ -1,5 +1,5 @@
 """Each benchmark script runs as documented, on the tiny model and the shared env server, in seconds: a
-benchmark nobody runs rots (scripts/record_vllm_fixture.py once did)."""
+benchmark nobody runs rots (device_check/record_vllm_fixture.py once did)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 The fixture holds, for the colocate path (a `vllm.LLM`) and the server path (TRL's `VLLMClient` against
 `vllm serve`), the raw completions in TRL's format and the turns VLLMGenerator made of them; its `command`
-field says how it was produced (scripts/record_vllm_fixture.py, docs/gpu.md).
+field says how it was produced (device_check/record_vllm_fixture.py, docs/gpu.md).
 """
 
 from __future__ import annotations
@@ -35,16 +35,11 @@ def test_fixture_covers_both_vllm_paths(recorded):
 
 
 def test_the_recorder_replays_a_recorded_server_case(recorded):
-    """scripts/record_vllm_fixture.py builds its generator and calls it as the rollout does (it had rotted:
-    a SamplingParams field that no longer exists): replayed through a server-mode engine that answers with a
-    recorded output, it records that case again."""
-    import importlib.util
+    """device_check/record_vllm_fixture.py builds its generator and calls it as the rollout does (it had
+    rotted: a SamplingParams field that no longer exists): replayed through a server-mode engine that answers
+    with a recorded output, it records that case again."""
+    from device_check import record_vllm_fixture as recorder
 
-    spec = importlib.util.spec_from_file_location(
-        "recorder", FIXTURE.parents[2] / "scripts/record_vllm_fixture.py"
-    )
-    recorder = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recorder)
     cases = {c["greedy"]: c for c in recorded["cases"] if c["mode"] == "server"}
     calls = []
 

