@@ -51,11 +51,12 @@ def points(runs: list[Run]) -> list[Point]:
         sft = int(s.get("demonstrations/sft") or 0)
         expert = int(s.get("demonstrations/expert") or 0)
         sft_min, grpo_min = (float(s.get(k) or 0.0) / 60 for k in ("time/sft_s", "time/grpo_s"))
+        with_expert = "+expert" if run.config.get("grpo", {}).get("expert") else ""
         if sft:
             found.append(Point(run, "SFT only", "sft", sft, sft_min))
-            found.append(Point(run, "SFT+GRPO", "eval", sft + expert, sft_min + grpo_min))
+            found.append(Point(run, f"SFT+GRPO{with_expert}", "eval", sft + expert, sft_min + grpo_min))
         else:
-            arm = "GRPO+expert" if run.config.get("grpo", {}).get("expert") else "GRPO"
+            arm = f"GRPO{with_expert}"
             found.append(Point(run, "base", "base", 0, 0.0))
             found.append(Point(run, arm, "eval", expert, grpo_min))
     return [p for p in found if p.success() is not None]
@@ -100,12 +101,13 @@ def paired_difference(
 def difference_rows(runs: list[Run]) -> list[dict[str, Any]]:
     """SFT+GRPO minus SFT only, per number of demonstrations, suite and decoding (runs whose held-out
     outcomes are on disk)."""
-    by_demos: dict[int, list[Run]] = defaultdict(list)
+    by_demos: dict[tuple[int, bool], list[Run]] = defaultdict(list)  # GRPO with the expert apart
     for run in runs:
         if run.summary.get("demonstrations/sft") and run.path is not None:
-            by_demos[int(run.summary["demonstrations/sft"])].append(run)
+            expert = bool(run.config.get("grpo", {}).get("expert"))
+            by_demos[int(run.summary["demonstrations/sft"]), expert].append(run)
     rows = []
-    for demos, members in sorted(by_demos.items()):
+    for (demos, expert), members in sorted(by_demos.items()):
         for suite in ("", "transfer/"):
             for decoding in ("sampled", "greedy"):
                 try:
@@ -122,6 +124,7 @@ def difference_rows(runs: list[Run]) -> list[dict[str, Any]]:
                 rows.append(
                     {
                         "SFT demonstrations": demos,
+                        "GRPO": "with the expert" if expert else "plain",
                         "suite": "transfer" if suite else "training suite",
                         "decoding": decoding,
                         "seeds": ",".join(str(r.seed) for r in members),

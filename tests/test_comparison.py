@@ -79,11 +79,15 @@ def test_report_draws_the_study_and_pairs_by_seed(tmp_path):
             "transfer/eval": {"t1": range(100, 107)},
         }
         runs.append(record(tmp_path, f"sft4-s{seed}", seed, summary, solved))
+    solved["eval"] = {t: range(100, 120) for t in TASKS}  # the same SFT, GRPO with the expert: 10 of 20 more
+    runs.append(record(tmp_path, "sft4-expert-s1", 1, summary, solved))
     written = comparison.write_report(runs, tmp_path)
     assert {"rl_vs_sft", "generalization", "rl_vs_sft_table"} <= set(written)
     table = written["rl_vs_sft_table"].read_text()
-    assert "| 40 | training suite | sampled | 0,1 | 0.250 |" in table  # 5 of 20 more, both tasks, both seeds
-    assert "| 40 | transfer | greedy | 0,1 | 0.025 |" in table
+    assert "| 40 | plain | training suite | sampled | 0,1 | 0.250 |" in table  # 5 of 20 more, both seeds
+    assert "| 40 | plain | transfer | greedy | 0,1 | 0.025 |" in table
+    assert "| 40 | with the expert | training suite | sampled | 1 | 0.500 |" in table  # apart, not pooled
+    assert "| sft4-expert-s1 | 1 | SFT+GRPO+expert |" in table  # its point, labelled apart
     assert (
         comparison.write_report([Run("plain", {"seed": 0}, [], {"eval/success_rate": 1.0})], tmp_path) == {}
     )
