@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -180,13 +181,20 @@ BAD_OVERRIDES = [
 
 def test_bad_config_exits_in_seconds_naming_the_key(tmp_path):
     """As a new user would hit them: each bad override ends train.py non-zero, in seconds, before any model
-    or browser starts, with one line naming the key and no traceback."""
-    for i, (overrides, key) in enumerate(BAD_OVERRIDES):
+    or browser starts, with one line naming the key and no traceback. Two at a time: each is one process
+    importing torch and TRL, on one core."""
+
+    def attempt(i: int) -> tuple[subprocess.CompletedProcess, float]:
         started = time.time()
-        done = run_train(*overrides, f"hydra.run.dir={tmp_path / str(i)}", timeout=120)
+        done = run_train(*BAD_OVERRIDES[i][0], f"hydra.run.dir={tmp_path / str(i)}", timeout=120)
+        return done, time.time() - started
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(attempt, range(len(BAD_OVERRIDES))))
+    for (overrides, key), (done, seconds) in zip(BAD_OVERRIDES, results):
         assert done.returncode != 0, overrides
         assert key in done.stderr and "Traceback" not in done.stderr, (overrides, done.stderr[-2000:])
-        assert time.time() - started < 45, overrides  # ~8 s here: importing torch and TRL, then the checks
+        assert seconds < 45, overrides  # ~12 s here, two at a time: importing torch and TRL, then the checks
     assert not list(tmp_path.glob("*/metrics.jsonl"))
 
 
