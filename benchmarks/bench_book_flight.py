@@ -23,7 +23,6 @@ from omegaconf import DictConfig
 
 from browserrl import build
 from browserrl.modeling import load_tokenizer, resolve_model_path
-from browserrl.pool import env_pool
 from browserrl.rollout import ChatFormat, Episode
 from browserrl.sft import collect_demonstrations
 
@@ -40,7 +39,7 @@ def main(cfg: DictConfig) -> None:
         raise SystemExit(f"this benchmark plays book-flight: add task=book-flight (got {cfg.task.name})")
     seeds = range(cfg.eval.first_seed, cfg.eval.first_seed + cfg.eval.num_seeds)
     chat = ChatFormat(load_tokenizer(resolve_model_path(cfg.model)), cfg.model.eot_token)
-    with env_pool(cfg) as pool:
+    with build.env_pool(cfg) as pool:
         engine = build.demonstrator(pool, chat, cfg, bounded=False)  # measure whole episodes
         start = time.perf_counter()
         demos = collect_demonstrations(engine, [("book-flight", s) for s in seeds])

@@ -31,7 +31,6 @@ from browserrl.config import bf16_autocast, preflight, validate
 from browserrl.evaluate import heldout_report
 from browserrl.memory import peak_memory_mb, reset_peak_memory
 from browserrl.modeling import load_policy
-from browserrl.pool import env_pool
 from browserrl.rollout import ChatFormat, model_policy
 
 
@@ -75,7 +74,7 @@ def main() -> None:
     }
     counts = [int(s) for s in args.sessions.split(",")]
     cfg.eval.sessions = max(counts)  # the local server's capacity
-    with env_pool(cfg) as pool:
+    with build.env_pool(cfg) as pool:
         engine = build.rollout_engine(model_policy(generator), pool, chat, cfg)
         for sessions in counts:
             cfg.eval.sessions = sessions

@@ -29,7 +29,6 @@ from browserrl import build
 from browserrl.compose import compose
 from browserrl.config import bf16_autocast, preflight, validate
 from browserrl.modeling import load_checkpoint, load_policy, lora_config
-from browserrl.pool import env_pool
 from browserrl.rollout import ChatFormat, RolloutBatch, model_policy
 
 WAYS = ("adapted", "merged")
@@ -72,7 +71,7 @@ def main() -> None:
     chat = ChatFormat(tokenizer, cfg.model.eot_token)
     played = instances(cfg, args.groups)
     results: dict[str, dict[str, list[dict[str, float]]]] = {w: {"sampled": [], "greedy": []} for w in WAYS}
-    with env_pool(cfg) as pool:
+    with build.env_pool(cfg) as pool:
         for repeat in range(args.repeats):
             for way in WAYS if repeat % 2 == 0 else WAYS[::-1]:
                 generator = build.hf_generator(policy, chat, cfg)

@@ -37,7 +37,6 @@ from browserrl.compose import compose
 from browserrl.config import preflight, validate
 from browserrl.curriculum import TaskSampler
 from browserrl.modeling import load_policy, load_tokenizer, lora_config, resolve_model_path
-from browserrl.pool import env_pool
 from browserrl.rollout import (
     ChatFormat,
     Episode,
@@ -78,7 +77,7 @@ def record(cfg: DictConfig, prompts: list[str]) -> dict[str, Episode]:
     """The oracle's episode of each distinct instance, by its dataset prompt."""
     chat = ChatFormat(load_tokenizer(resolve_model_path(cfg.model)), cfg.model.eot_token)
     distinct = sorted(set(prompts))
-    with env_pool(cfg) as pool:
+    with build.env_pool(cfg) as pool:
         engine = build.demonstrator(pool, chat, cfg)
         episodes = engine.play([parse_instance(p) for p in distinct], progress="oracle").episodes
     return dict(zip(distinct, episodes))

@@ -22,10 +22,10 @@ import time
 import torch
 from peft import get_peft_model
 
+from browserrl.build import env_pool
 from browserrl.compose import compose
 from browserrl.config import bf16_autocast, preflight, validate
 from browserrl.modeling import load_policy, lora_config
-from browserrl.pool import env_pool
 
 
 def main() -> None:

@@ -30,9 +30,9 @@ from typing import Any
 
 from omegaconf import open_dict
 
+from browserrl.build import env_pool
 from browserrl.compose import compose
 from browserrl.config import preflight, validate
-from browserrl.pool import env_pool
 from browserrl.sft import warm_up
 from browserrl.train import run
 

@@ -1,13 +1,13 @@
 """A validated config turned into a run's parts, in one place: TRL's GRPOConfig, the sampler's settings, the
-transformers generator, and the rollout engines (the policy's, the scripted oracle's). Training, the SFT
-warm-up, evaluation and the benchmark scripts build through these functions, so the token budget, the
-model's positions, the sampling settings and the precision reach every rollout the same way
-(tests/test_build.py checks that nothing else constructs them). The env sessions come from
-`browserrl.pool.env_pool`.
+transformers generator, the rollout engines (the policy's, the scripted oracle's), the env sessions.
+Training, the SFT warm-up, evaluation and the benchmark scripts build through these functions, so the token
+budget, the model's positions, the sampling settings and the precision reach every rollout the same way
+(tests/test_build.py checks that nothing else constructs them).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,12 +16,13 @@ from omegaconf import DictConfig, OmegaConf
 from trl import GRPOConfig
 
 from browserrl import oracle, rewards
+from browserrl import pool as pools
 from browserrl.config import ConfigError, bf16_autocast, check_groups, task_configs
 from browserrl.generation import HFGenerator, SamplingParams
 from browserrl.modeling import max_positions
 from browserrl.pool import EnvPool
 from browserrl.rollout import ChatFormat, Policy, RolloutEngine, scripted_policy
-from browserrl.settings import TaskSettings
+from browserrl.settings import EnvSettings, TaskSettings
 
 
 def grpo_config(
@@ -93,3 +94,11 @@ def demonstrator(
     tasks = tasks if tasks is not None else task_configs(cfg)
     policy = scripted_policy(oracle.demonstration_turn(tasks), chat)
     return rollout_engine(policy, pool, chat, cfg, tasks, bounded)
+
+
+def env_pool(
+    cfg: DictConfig, sessions: int | None = None, **reset_options: Any
+) -> contextlib.AbstractContextManager[EnvPool]:
+    """The run's env sessions (browserrl.pool.env_pool, a context) from its `env.*` settings: `sessions` of
+    them (default env.sessions), each reset with `reset_options` (`screenshot=True`)."""
+    return pools.env_pool(EnvSettings.from_config(cfg), sessions, **reset_options)

@@ -23,8 +23,7 @@ from browserrl.env.models import MAX_OBSERVATION_DELAY
 from browserrl.env.tasks import canonical_task
 from browserrl.modeling import bf16_faster, lora_config, max_positions
 from browserrl.oracle import ORACLE_TASKS
-from browserrl.pool import server_urls
-from browserrl.settings import TaskSettings
+from browserrl.settings import TaskSettings, server_urls
 
 
 class ConfigError(ValueError):
@@ -257,7 +256,7 @@ def check_env(cfg: DictConfig) -> None:
     if not fits_type(cfg.env.message_timeout_s, float) or cfg.env.message_timeout_s <= 0:
         raise ConfigError("env.message_timeout_s", f"must be > 0 seconds, got {cfg.env.message_timeout_s!r}")
     if cfg.env.mode == "remote":
-        urls = server_urls(cfg.env)
+        urls = server_urls(cfg.env.url)
         if not urls or not all(isinstance(u, str) for u in urls):
             raise ConfigError("env.url", f"must be a server URL or a list of them, got {cfg.env.url!r}")
     elif cfg.env.mode != "local":
@@ -378,7 +377,7 @@ def preflight(cfg: DictConfig) -> None:
         except EnvSetupError as exc:
             raise ConfigError("env.mode", f"{exc}; or use a running server: env=remote env.url=...") from exc
         return
-    for url in server_urls(cfg.env):  # all at the start: a dead one later costs episodes, a typo now nothing
+    for url in server_urls(cfg.env.url):  # all now: a dead one costs episodes later, a typo costs nothing now
         try:
             check_env_url(url, timeout=5)
         except Exception as exc:  # noqa: BLE001 - any failure means the same thing to the user

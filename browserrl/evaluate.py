@@ -30,7 +30,7 @@ from browserrl.config import bf16_autocast, task_configs
 from browserrl.generation import HFGenerator
 from browserrl.metrics import episode_metrics, jsonable
 from browserrl.modeling import cache_root, load_checkpoint, load_policy, model_identity, policy_device
-from browserrl.pool import EnvPool, env_pool
+from browserrl.pool import EnvPool
 from browserrl.rollout import ChatFormat, Episode, Policy, RolloutEngine, model_policy, scripted_policy
 from browserrl.traces import ScreenshotRecorder, record_trace, write_traces
 
@@ -314,7 +314,7 @@ def evaluate_suite(
     device = policy_device(bool(cfg.trainer.get("use_cpu")))
     base.to(device)
     chat = ChatFormat(tokenizer, cfg.model.eot_token)
-    with env_pool(cfg, cfg.eval.sessions, screenshot=screenshots) as pool:
+    with build.env_pool(cfg, cfg.eval.sessions, screenshot=screenshots) as pool:
         recorder = ScreenshotRecorder(pool) if screenshots else None
         base_generator = build.hf_generator(base, chat, cfg)
         engine = build.rollout_engine(model_policy(base_generator), recorder or pool, chat, cfg)

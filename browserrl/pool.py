@@ -1,5 +1,6 @@
 """Training-side sessions: a fixed number of WebSocket sessions kept open across rollouts, and `env_pool`,
-the one way a run, an evaluation, the SFT warm-up or a script gets them from its config.
+which opens them from a run's EnvSettings (browserrl.build.env_pool is the one way a run, an evaluation,
+the SFT warm-up or a script gets them from its config).
 
 The rollout is synchronous (TRL calls it), the OpenEnv client is async. One background event loop owns the
 clients, so the sessions (and the Chromium behind each) stay open between rollouts, and the env steps of all
@@ -24,11 +25,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from omegaconf import DictConfig
 from openenv.core.client_types import StepResult
 
 from browserrl.env.client import BrowserGymEnv
 from browserrl.env.models import BrowserGymAction
+from browserrl.settings import EnvSettings
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +44,6 @@ class EnvFailure:
     """A session that could not answer (server dead, timeout, protocol error)."""
 
     message: str
-
-
-def server_urls(env: DictConfig) -> list[str]:
-    """`env.url` as a list: one server URL, or several."""
-    return [env.url] if isinstance(env.url, str) else list(env.url or [])
 
 
 def routes(urls: Sequence[str], rank: int = 0, world: int = 1) -> Callable[[int], list[str]]:
@@ -180,31 +176,28 @@ class EnvPool:
 
 
 @contextlib.contextmanager
-def env_pool(cfg: DictConfig, sessions: int | None = None, **reset_options: Any) -> Iterator[EnvPool]:
-    """`sessions` (default `cfg.env.sessions`) sessions on a local server started for this block
-    (restarted if it dies, so a dead server costs episodes, not the run) or on running ones at `env.url`
-    (`env=remote`: one URL or a list, spread over the processes of a multi-process run by RANK and
-    WORLD_SIZE). A session opens at its first use.
+def env_pool(env: EnvSettings, sessions: int | None = None, **reset_options: Any) -> Iterator[EnvPool]:
+    """`sessions` (default `env.sessions`) sessions on a local server started for this block (restarted if
+    it dies, so a dead server costs episodes, not the run) or on running ones at `env.urls` (`env=remote`,
+    spread over the processes of a multi-process run by RANK and WORLD_SIZE). A session opens at its first
+    use.
 
     `reset_options` go with every reset (`screenshot=True`); per-task options come with each episode.
     """
-    sessions = sessions or cfg.env.sessions
-    # the server's capacity: an evaluation may resize the pool, a dropped session may linger a while
-    capacity = max(sessions, cfg.eval.sessions) + 2
+    sessions = sessions or env.sessions
     with contextlib.ExitStack() as stack:
-        if cfg.env.mode == "remote":
-            urls = server_urls(cfg.env)
+        if env.mode == "remote":
             rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-            route, heal = routes(urls, rank, world), None
+            route, heal = routes(env.urls, rank, world), None
         else:
             from browserrl.env.launcher import LocalEnvServer
 
             server = stack.enter_context(
                 LocalEnvServer(
-                    task=cfg.task.name,
-                    max_sessions=capacity,
-                    idle_timeout_s=cfg.env.idle_timeout_s,
-                    start_timeout_s=cfg.env.start_timeout_s,
+                    task=env.task,
+                    max_sessions=max(env.capacity, sessions + 2),  # a pool larger than the run's
+                    idle_timeout_s=env.idle_timeout_s,
+                    start_timeout_s=env.start_timeout_s,
                 )  # each episode's cap goes with its reset (the server truncates where the rollout stops)
             )
 
@@ -216,6 +209,6 @@ def env_pool(cfg: DictConfig, sessions: int | None = None, **reset_options: Any)
                     log.warning("env server died; restarting it (failed episodes count as env_errors)")
                     server.restart()
 
-        pool = EnvPool(route, sessions, cfg.env.message_timeout_s, heal, reset_options)
+        pool = EnvPool(route, sessions, env.message_timeout_s, heal, reset_options)
         stack.callback(pool.close)
         yield pool

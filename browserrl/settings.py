@@ -1,12 +1,13 @@
-"""A task's settings as the layers below the build read them: typed, frozen, made once from the validated
-config (browserrl.config.task_configs). The rollout engine, the prompts and the oracle take these, not a
-DictConfig: they cannot write into the run's config, and a misspelt setting fails where it is made, not
-deep in an episode.
+"""Settings as the layers below the build read them: typed, frozen, made once from the validated config. The
+rollout engine, the prompts and the oracle take a task's (`TaskSettings`, from browserrl.config.task_configs),
+the env pool its sessions' (`EnvSettings`, from browserrl.build.env_pool), not a DictConfig: they cannot
+write into the run's config, and a misspelt setting fails where it is made, not deep in an episode.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,3 +51,38 @@ class TaskSettings:
     def as_dict(self) -> dict[str, Any]:
         """Plain values (a cache key, a record)."""
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class EnvSettings:
+    """Where a run's env sessions come from (conf/env/*.yaml): a local server started for the run, serving
+    `task` by default with room for `capacity` sessions, or the running servers at `urls`."""
+
+    mode: str  # local | remote
+    urls: tuple[str, ...]
+    sessions: int
+    capacity: int
+    task: str
+    message_timeout_s: float = 60.0
+    idle_timeout_s: float = 900.0
+    start_timeout_s: float = 90.0
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> EnvSettings:
+        """From a validated run config: `env.*`, and the task a local server opens on. Its capacity covers
+        the larger of the training and the evaluation pools, plus 2 for a dropped session that lingers."""
+        env = cfg.env
+        timeouts = {k: env[k] for k in ("message_timeout_s", "idle_timeout_s", "start_timeout_s") if k in env}
+        return cls(
+            mode=env.mode,
+            urls=server_urls(env.get("url")),
+            sessions=env.sessions,
+            capacity=max(env.sessions, cfg.eval.sessions) + 2,
+            task=cfg.task.name,
+            **timeouts,
+        )
+
+
+def server_urls(url: str | Sequence[str] | None) -> tuple[str, ...]:
+    """`env.url` as a tuple: one server URL, or several."""
+    return (url,) if isinstance(url, str) else tuple(url or ())

@@ -39,7 +39,6 @@ from browserrl.modeling import (
     policy_device,
     warm_started,
 )
-from browserrl.pool import env_pool
 from browserrl.rollout import ChatFormat, RolloutEngine, model_policy, trainer_output
 from browserrl.sft import warm_up
 
@@ -145,7 +144,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     clock = Clock(summary)
 
     with ExitStack() as stack:
-        pool = stack.enter_context(env_pool(cfg))
+        pool = stack.enter_context(build.env_pool(cfg))
         demonstrations = 0
         if cfg.sft.enabled:  # scripted-oracle SFT warm-up; GRPO then starts from its checkpoint
             with clock("time/sft_s"):

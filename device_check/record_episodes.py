@@ -23,7 +23,6 @@ from pathlib import Path
 from browserrl import build
 from browserrl.compose import compose
 from browserrl.modeling import load_tokenizer, prepare_packaged_model
-from browserrl.pool import env_pool
 from browserrl.rollout import ChatFormat, Episode
 from browserrl.sft import collect_demonstrations
 
@@ -61,7 +60,7 @@ def main() -> None:
     chat = ChatFormat(tokenizer)
     wanted = {"click-button": args.click_button, "book-flight": args.book_flight}
     instances = [(task, args.first_seed + i) for task, n in wanted.items() for i in range(n)]
-    with env_pool(flight) as pool:  # the server's episode cap is book-flight's (15), the longer one
+    with build.env_pool(flight) as pool:  # the server's episode cap is book-flight's (15), the longer one
         engine = build.demonstrator(pool, chat, flight, tasks)
         episodes = collect_demonstrations(engine, instances)
     solved = {task: sum(e.task == task for e in episodes) for task in wanted}

@@ -16,8 +16,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from browserrl.build import env_pool
 from browserrl.config import ConfigError, preflight, validate
-from browserrl.pool import env_pool
 from browserrl.sft import warm_up
 
 log = logging.getLogger("sft_warmup")

@@ -13,7 +13,7 @@ from browserrl.build import grpo_config
 from browserrl.config import ConfigError, bf16_autocast, preflight, task_configs, validate
 from browserrl.env.tasks import canonical_task
 from browserrl.oracle import ORACLES
-from browserrl.settings import TaskSettings
+from browserrl.settings import EnvSettings, TaskSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUPS = ["task", "suite", "tuning", "model", "infra", "env", "logger", "sft", "transfer", "arm"]
@@ -250,3 +250,15 @@ def test_validation_writes_nothing_and_task_settings_are_frozen(compose_cfg):
     with pytest.raises(ConfigError) as err:  # a misspelt setting in a suite's entry: named, in one line
         validate(compose_cfg("+tasks.click-test.max_env_step=3"))
     assert err.value.key == "tasks.click-test.max_env_step"
+
+
+def test_env_settings_are_read_once_and_frozen(compose_cfg):
+    """The env pool gets its sessions' settings as a frozen object: one URL or several, and a local server's
+    room for the larger of the training and the evaluation pools."""
+    remote = EnvSettings.from_config(compose_cfg("env=remote", "env.url=[http://a:8000,http://b:8000]"))
+    assert remote.mode == "remote" and remote.urls == ("http://a:8000", "http://b:8000")
+    assert EnvSettings.from_config(compose_cfg("env=remote", "env.url=http://a:8000")).urls == ("http://a:8000",)
+    local = EnvSettings.from_config(compose_cfg("env.sessions=4", "eval.sessions=6"))
+    assert (local.mode, local.urls, local.sessions, local.capacity) == ("local", (), 4, 8)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        local.sessions = 9  # type: ignore[misc]
