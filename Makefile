@@ -10,6 +10,7 @@ TORCH_INDEX ?=
 VLLM_SPEC ?=
 EXTRAS ?= dev
 ARGS ?=
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.browserrl-installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -56,13 +57,15 @@ eval: model
 serve-env: install
 	$(PY) scripts/serve_env.py --task $(or $(TASK),click-test) --port $(or $(PORT),8000) --max-sessions $(or $(MAX_SESSIONS),8)
 
+# The whole suite, one pytest-xdist worker per core (tests/conftest.py gives each one thread); the slowest
+# fifteen tests are listed at the end. ARGS="-n 0" runs it in one process.
 test: model
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15 $(ARGS)
 
 # Unit tests only: no browser, no training steps.
 test-fast: install
-	$(PY) -m pytest -q -m "not browser and not slow and not gpu" $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not browser and not slow and not gpu" $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
