@@ -257,7 +257,8 @@ def test_env_settings_are_read_once_and_frozen(compose_cfg):
     room for the larger of the training and the evaluation pools."""
     remote = EnvSettings.from_config(compose_cfg("env=remote", "env.url=[http://a:8000,http://b:8000]"))
     assert remote.mode == "remote" and remote.urls == ("http://a:8000", "http://b:8000")
-    assert EnvSettings.from_config(compose_cfg("env=remote", "env.url=http://a:8000")).urls == ("http://a:8000",)
+    single = EnvSettings.from_config(compose_cfg("env=remote", "env.url=http://a:8000"))
+    assert single.urls == ("http://a:8000",)
     local = EnvSettings.from_config(compose_cfg("env.sessions=4", "eval.sessions=6"))
     assert (local.mode, local.urls, local.sessions, local.capacity) == ("local", (), 4, 8)
     with pytest.raises(dataclasses.FrozenInstanceError):
