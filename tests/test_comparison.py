@@ -91,3 +91,16 @@ def test_report_draws_the_study_and_pairs_by_seed(tmp_path):
     assert (
         comparison.write_report([Run("plain", {"seed": 0}, [], {"eval/success_rate": 1.0})], tmp_path) == {}
     )
+
+
+def test_published_records_give_the_differences_the_docs_report():
+    """docs/runs holds the records benchmarks.md's numbers come from: they load as runs and pair as written
+    there (seed 0 of arm sft4-grpo-expert: +0.138 [+0.062, +0.206] sampled on the cpu suite)."""
+    from browserrl.analysis import load_local
+
+    runs = load_local(Path(__file__).resolve().parents[1] / "docs" / "runs" / "rl_vs_sft")
+    rows = {(r["suite"], r["decoding"]): r for r in comparison.difference_rows(runs)}
+    suite = rows["training suite", "sampled"]
+    assert (suite["GRPO"], suite["seeds"], suite["paired episodes"]) == ("with the expert", "0", 160)
+    assert f"{suite['SFT+GRPO - SFT']:+.3f} {suite['95% interval']}" == "+0.138 [+0.062, +0.206]"
+    assert rows["transfer", "greedy"]["paired episodes"] == 128
