@@ -134,8 +134,10 @@ class HFGenerator:
     num_generations times, is encoded once. `merge_lora`: a LoRA policy (PeftModel) generates through a
     plain copy with its adapters merged into the weights, made again whenever the policy's weights change:
     LoRA's side path adds four small operations to every adapted linear layer, and a decode step of a small
-    model is mostly such per-operation overhead: 0.77-0.87 of the time on the cpu suite's groups
-    (benchmarks/bench_generate.py; docs/benchmarks.md, "Generation from a merged copy").
+    model is mostly such per-operation overhead: 0.77-0.87 of the time on the cpu suite's groups in fp32
+    (benchmarks/bench_generate.py; docs/benchmarks.md, "Generation from a merged copy"). In bf16 on an AMD
+    AVX512-BF16 machine one recipe step generated 4-18% slower with it (docs/benchmarks.md, "One recipe step
+    before and after"): not yet measured enough to change the default.
     """
 
     def __init__(
