@@ -25,11 +25,15 @@ def alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"  # a zombie is gone but not reaped
 
 
-def env_servers() -> set[int]:
+def env_servers(marker: str) -> set[int]:
+    """Live env servers whose environment holds `marker` (set for one test's runs): another pytest-xdist
+    worker's servers do not count."""
     pids = set()
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and b"browserrl.env.server" in (proc / "cmdline").read_bytes():
+            if not (proc.name.isdigit() and b"browserrl.env.server" in (proc / "cmdline").read_bytes()):
+                continue
+            if marker.encode() in (proc / "environ").read_bytes().split(b"\0"):
                 pids.add(int(proc.name))
         except OSError:
             continue
@@ -62,8 +66,9 @@ def test_what_a_point_leaves_running_is_killed(tmp_path):
 
 @pytest.mark.browser
 @pytest.mark.slow
-def test_a_two_point_sweep_runs_two_processes_and_leaves_nothing(tmp_path):
-    servers_before = env_servers()
+def test_a_two_point_sweep_runs_two_processes_and_leaves_nothing(tmp_path, monkeypatch):
+    marker = f"BROWSERRL_TEST_SWEEP={tmp_path}"  # inherited by the sweep's points and their env servers
+    monkeypatch.setenv(*marker.split("=", 1))
     done = run_train(
         "-m",
         "hydra/launcher=process_per_run",
@@ -79,7 +84,7 @@ def test_a_two_point_sweep_runs_two_processes_and_leaves_nothing(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     pids = [int(p) for p in re.findall(r"pid (\d+)", done.stdout + done.stderr)]
     assert len(set(pids)) == 2 and not any(alive(p) for p in pids)
-    assert env_servers() <= servers_before  # each point's env server went with it
+    assert not env_servers(marker)  # each point's env server went with it
     runs = sorted(p.parent for p in tmp_path.glob("*/summary.json"))
     assert [p.name for p in runs] == ["0-click-test-lora-r16-s0", "1-click-test-lora-r16-s1"]
     for run in runs:
