@@ -63,23 +63,23 @@ class EnvSettings:
     sessions: int
     capacity: int
     task: str
-    message_timeout_s: float = 60.0
-    idle_timeout_s: float = 900.0
-    start_timeout_s: float = 90.0
+    message_timeout_s: float
+    idle_timeout_s: float = 900.0  # these two serve a local server only (conf/env/local.yaml sets them); the
+    start_timeout_s: float = 90.0  # defaults are browserrl.env.launcher.LocalEnvServer's
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> EnvSettings:
         """From a validated run config: `env.*`, and the task a local server opens on. Its capacity covers
         the larger of the training and the evaluation pools, plus 2 for a dropped session that lingers."""
         env = cfg.env
-        timeouts = {k: env[k] for k in ("message_timeout_s", "idle_timeout_s", "start_timeout_s") if k in env}
         return cls(
             mode=env.mode,
             urls=server_urls(env.get("url")),
             sessions=env.sessions,
             capacity=max(env.sessions, cfg.eval.sessions) + 2,
             task=cfg.task.name,
-            **timeouts,
+            message_timeout_s=env.message_timeout_s,
+            **{k: env[k] for k in ("idle_timeout_s", "start_timeout_s") if k in env},
         )
 
 
