@@ -100,7 +100,9 @@ def test_book_flight_oracle_solves_real_pages(compose_cfg, env_url):
     finally:
         pool.close()
     assert [d.seed for d in demos] == seeds
-    assert all(8 <= d.steps <= 10 for d in demos)
+    # 8-10 steps alone on the cores; under load an autocomplete list can open after the 0.4 s observation
+    # delay, and the oracle clicks the box to reopen it: one more step for each of the two boxes.
+    assert all(8 <= d.steps <= 12 for d in demos), [d.steps for d in demos]
 
 
 @pytest.mark.browser
