@@ -20,7 +20,7 @@ from typing import Any
 
 from datasets import Dataset
 from omegaconf import DictConfig, OmegaConf
-from transformers import PrinterCallback, set_seed
+from transformers import PrinterCallback, TrainerCallback, set_seed
 
 from browserrl import build, rewards
 from browserrl.config import preflight, task_configs, validate
@@ -201,6 +201,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         checkpoint = SamplerCheckpoint(sampler, rank)
         checkpoint.resume(args.resume_from_checkpoint)
         trainer.add_callback(checkpoint)
+        record = RecordCheckpoint(summary, trainer, collector, rank)
+        whole_run = record.resume(args.resume_from_checkpoint)  # False: resumed from an older checkpoint
+        trainer.add_callback(record)
         stop = StopWhenIdle(trainer, g.stop_after_idle_steps)
         trainer.add_callback(stop)
         summary |= count_parameters(trainer.model)
@@ -224,8 +227,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         tokenizer.save_pretrained(final)
         OmegaConf.save(cfg, final / "config.yaml", resolve=True)
 
-        # (a resumed run counts its own steps only: its checkpoint's may have trained)
-        if cfg.eval.after and trained == 0 and cfg.eval.before and not args.resume_from_checkpoint:
+        started_evaluated = any(k.startswith(f"{start}/") for k in summary)  # here or before the checkpoint
+        if cfg.eval.after and trained == 0 and started_evaluated and whole_run:
             log.warning(
                 "GRPO trained no token: the final policy is the %s policy; eval/* repeats %s/*", start, start
             )
@@ -259,6 +262,50 @@ def repeat_start(summary: dict[str, Any], run_dir: Path, start: str) -> dict[str
     for path in (run_dir / "heldout").glob(f"*{start}-*.json"):
         shutil.copy(path, path.with_name(path.name.replace(f"{start}-", "eval-", 1)))
     return renamed
+
+
+class RecordCheckpoint(TrainerCallback):
+    """Each trainer checkpoint holds the run's record so far: this process's trained tokens and expert
+    episodes, GRPO's seconds, and on the first process the summary (the start's evaluations, SFT). A run
+    resumed from it reports the whole run (demonstrations, cost, the SFT-only arm), not its own steps only."""
+
+    def __init__(self, summary: dict[str, Any], trainer: GRPOTrainer, collector: GroupCollector, rank: int):
+        self.summary, self.trainer, self.collector, self.rank = summary, trainer, collector, rank
+        self.started = time.time()
+
+    def path(self, checkpoint: str | Path) -> Path:
+        return Path(checkpoint) / f"run_record_{self.rank}.json"
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001 - HF callback signature
+        self.started = time.time()
+
+    def on_save(self, args, state, control, **kwargs):  # noqa: ANN001 - HF callback signature
+        record = {
+            "tokens/trained": self.trainer.trained_total,
+            "demonstrations/expert": self.collector.expert_total,
+            "time/grpo_s": self.summary.get("time/grpo_s", 0.0) + time.time() - self.started,
+            "summary": self.summary if self.rank == 0 else {},
+        }
+        path = self.path(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(jsonable(record)) + "\n")
+
+    def resume(self, checkpoint: str | None) -> bool:
+        """Counts and summary as saved with `checkpoint`; what this run measured anew (its own SFT, a start
+        evaluated again) wins. False when the checkpoint holds no record (saved before records were)."""
+        if not checkpoint:
+            return True
+        path = self.path(checkpoint)
+        if not path.exists():
+            log.warning("%s holds no run record: the summary counts this run's steps only", checkpoint)
+            return False
+        record = json.loads(path.read_text())
+        self.trainer.trained_total = record["tokens/trained"]
+        self.collector.expert_total = record["demonstrations/expert"]
+        for key, value in record["summary"].items():
+            self.summary.setdefault(key, value)
+        self.summary["time/grpo_s"] = record["time/grpo_s"]  # the clock around train() adds this run's
+        return True
 
 
 class Clock:

@@ -83,6 +83,13 @@ def test_two_step_run_writes_record_and_checkpoint_then_resumes(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert [r["step"] for r in rows(resumed_dir) if "reward" in r] == [2]  # step 1 came from the checkpoint
+    # the summary counts the whole run: the start's evaluation and step 1's cost came with the checkpoint
+    record = json.loads((checkpoint / "run_record_0.json").read_text())
+    resumed = json.loads((resumed_dir / "summary.json").read_text())
+    start = summary["base/success_rate"]
+    assert resumed["base/success_rate"] == record["summary"]["base/success_rate"] == start
+    assert resumed["time/grpo_s"] > record["time/grpo_s"] > 0
+    assert resumed["tokens/trained"] >= record["tokens/trained"]
 
 
 def adapter_update(run_dir: Path) -> float:
