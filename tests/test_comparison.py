@@ -93,14 +93,28 @@ def test_report_draws_the_study_and_pairs_by_seed(tmp_path):
     )
 
 
-def test_published_records_give_the_differences_the_docs_report():
+@pytest.mark.parametrize(
+    ("folder", "seeds", "suite_sampled", "transfer_sampled"),
+    [
+        ("rl_vs_sft-11steps", "0", "+0.138 [+0.062, +0.206]", "+0.039 [-0.023, +0.102]"),
+        ("rl_vs_sft-16steps", "0", "+0.163 [+0.094, +0.231]", "+0.070 [+0.016, +0.125]"),
+    ],
+)
+def test_published_records_give_the_differences_the_docs_report(
+    folder, seeds, suite_sampled, transfer_sampled
+):
     """docs/runs holds the records benchmarks.md's numbers come from: they load as runs and pair as written
-    there (seed 0 of arm sft4-grpo-expert: +0.138 [+0.062, +0.206] sampled on the cpu suite)."""
+    there (arm sft4-grpo-expert, SFT+GRPO minus SFT only, sampled)."""
     from browserrl.analysis import load_local
 
-    runs = load_local(Path(__file__).resolve().parents[1] / "docs" / "runs" / "rl_vs_sft")
+    runs = load_local(Path(__file__).resolve().parents[1] / "docs" / "runs" / folder)
     rows = {(r["suite"], r["decoding"]): r for r in comparison.difference_rows(runs)}
-    suite = rows["training suite", "sampled"]
-    assert (suite["GRPO"], suite["seeds"], suite["paired episodes"]) == ("with the expert", "0", 160)
-    assert f"{suite['SFT+GRPO - SFT']:+.3f} {suite['95% interval']}" == "+0.138 [+0.062, +0.206]"
-    assert rows["transfer", "greedy"]["paired episodes"] == 128
+    suite, transfer = rows["training suite", "sampled"], rows["transfer", "sampled"]
+    assert (suite["GRPO"], suite["seeds"], suite["paired episodes"]) == (
+        "with the expert",
+        seeds,
+        160 * len(seeds.split(",")),
+    )
+    assert f"{suite['SFT+GRPO - SFT']:+.3f} {suite['95% interval']}" == suite_sampled
+    assert f"{transfer['SFT+GRPO - SFT']:+.3f} {transfer['95% interval']}" == transfer_sampled
+    assert transfer["paired episodes"] == 128 * len(seeds.split(","))
