@@ -201,7 +201,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         checkpoint = SamplerCheckpoint(sampler, rank)
         checkpoint.resume(args.resume_from_checkpoint)
         trainer.add_callback(checkpoint)
-        record = RecordCheckpoint(summary, trainer, collector, rank)
+        record = RecordCheckpoint(summary, trainer, collector, rank, run_dir / "heldout")
         whole_run = record.resume(args.resume_from_checkpoint)  # False: resumed from an older checkpoint
         trainer.add_callback(record)
         stop = StopWhenIdle(trainer, g.stop_after_idle_steps)
@@ -266,11 +266,21 @@ def repeat_start(summary: dict[str, Any], run_dir: Path, start: str) -> dict[str
 
 class RecordCheckpoint(TrainerCallback):
     """Each trainer checkpoint holds the run's record so far: this process's trained tokens and expert
-    episodes, GRPO's seconds, and on the first process the summary (the start's evaluations, SFT). A run
-    resumed from it reports the whole run (demonstrations, cost, the SFT-only arm), not its own steps only."""
+    episodes, GRPO's seconds, and on the first process the summary (the start's evaluations, SFT) and the
+    held-out episodes behind it. A run resumed from it, in its own folder or another, reports the whole run
+    (demonstrations, cost, the SFT-only arm and its pairs), not its own steps only."""
 
-    def __init__(self, summary: dict[str, Any], trainer: GRPOTrainer, collector: GroupCollector, rank: int):
-        self.summary, self.trainer, self.collector, self.rank = summary, trainer, collector, rank
+    def __init__(
+        self,
+        summary: dict[str, Any],
+        trainer: GRPOTrainer,
+        collector: GroupCollector,
+        rank: int,
+        heldout: Path,
+    ):
+        self.summary, self.trainer, self.collector = summary, trainer, collector
+        self.rank, self.heldout = rank, heldout
+        self.processes = trainer.accelerator.num_processes
         self.started = time.time()
 
     def path(self, checkpoint: str | Path) -> Path:
@@ -281,6 +291,7 @@ class RecordCheckpoint(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):  # noqa: ANN001 - HF callback signature
         record = {
+            "processes": self.processes,
             "tokens/trained": self.trainer.trained_total,
             "demonstrations/expert": self.collector.expert_total,
             "time/grpo_s": self.summary.get("time/grpo_s", 0.0) + time.time() - self.started,
@@ -289,10 +300,13 @@ class RecordCheckpoint(TrainerCallback):
         path = self.path(Path(args.output_dir) / f"checkpoint-{state.global_step}")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(jsonable(record)) + "\n")
+        if self.rank == 0 and self.heldout.is_dir():  # a few kB: the outcomes a comparison pairs
+            shutil.copytree(self.heldout, path.parent / "heldout", dirs_exist_ok=True)
 
     def resume(self, checkpoint: str | None) -> bool:
-        """Counts and summary as saved with `checkpoint`; what this run measured anew (its own SFT, a start
-        evaluated again) wins. False when the checkpoint holds no record (saved before records were)."""
+        """Counts, summary and held-out outcomes as saved with `checkpoint`; what this run measured anew (its
+        own SFT, a start evaluated again) wins. False when the checkpoint holds no record (saved before
+        records were)."""
         if not checkpoint:
             return True
         path = self.path(checkpoint)
@@ -300,11 +314,22 @@ class RecordCheckpoint(TrainerCallback):
             log.warning("%s holds no run record: the summary counts this run's steps only", checkpoint)
             return False
         record = json.loads(path.read_text())
+        if record["processes"] != self.processes:
+            raise ValueError(
+                f"{checkpoint} was saved by {record['processes']} processes, this run has {self.processes}: "
+                "resume with as many (each keeps its own task sampler and counts)"
+            )
         self.trainer.trained_total = record["tokens/trained"]
         self.collector.expert_total = record["demonstrations/expert"]
         for key, value in record["summary"].items():
             self.summary.setdefault(key, value)
         self.summary["time/grpo_s"] = record["time/grpo_s"]  # the clock around train() adds this run's
+        saved = Path(checkpoint) / "heldout"
+        if self.rank == 0 and saved.is_dir():
+            self.heldout.mkdir(parents=True, exist_ok=True)
+            for file in saved.iterdir():
+                if not (self.heldout / file.name).exists():
+                    shutil.copy(file, self.heldout / file.name)
         return True
 
 

@@ -90,6 +90,7 @@ def test_two_step_run_writes_record_and_checkpoint_then_resumes(tmp_path):
     assert resumed["base/success_rate"] == record["summary"]["base/success_rate"] == start
     assert resumed["time/grpo_s"] > record["time/grpo_s"] > 0
     assert resumed["tokens/trained"] >= record["tokens/trained"]
+    assert (resumed_dir / "heldout" / "base-sampled.json").exists()  # the pairs a comparison needs
 
 
 def adapter_update(run_dir: Path) -> float:
