@@ -135,9 +135,8 @@ class HFGenerator:
     plain copy with its adapters merged into the weights, made again whenever the policy's weights change:
     LoRA's side path adds four small operations to every adapted linear layer, and a decode step of a small
     model is mostly such per-operation overhead: 0.77-0.87 of the time on the cpu suite's groups in fp32
-    (benchmarks/bench_generate.py; docs/benchmarks.md, "Generation from a merged copy"). In bf16 on an AMD
-    AVX512-BF16 machine one recipe step generated 4-18% slower with it (docs/benchmarks.md, "One recipe step
-    before and after"): not yet measured enough to change the default.
+    (benchmarks/bench_generate.py; docs/benchmarks.md, "Generation from a merged copy"), 0.85-0.96 in bf16
+    on an AMD AVX512-BF16 machine (docs/benchmarks.md, "One recipe step before and after").
     """
 
     def __init__(
