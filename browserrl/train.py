@@ -184,10 +184,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             engine, sampler, rewards.scorer(dict(cfg.rewards)), args.num_generations, g.dynamic_sampling,
             g.max_draws_per_group, expert,
         )  # fmt: skip
-        trainer = GRPOTrainer(
-            model=model,
+        trainer = build.grpo_trainer(
+            cfg,
+            args,
+            model,
             reward_funcs=reward_funcs,
-            args=args,
             train_dataset=group_slots(cfg),
             processing_class=tokenizer,
             peft_config=lora_config(cfg),

