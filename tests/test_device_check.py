@@ -173,7 +173,7 @@ def test_gpu_test_report_reads_junit() -> None:
         "<testsuite>"
         '<testcase classname="tests.test_device_check" name="test_reduced_check_on_cuda"/>'
         '<testcase classname="tests.test_x" name="test_y"><skipped message="needs CUDA"/></testcase>'
-        '<testcase classname="" name="tests.test_gpu"><error message="collection failure">'
+        '<testcase classname="" name="tests.test_device_check"><error message="collection failure">'
         "E   ModuleNotFoundError: No module named 'openenv'</error></testcase>"
         '<testcase classname="" name="tests.test_prompts"><error message="collection failure">'
         "E   ModuleNotFoundError: No module named 'openenv'</error></testcase>"
@@ -193,7 +193,7 @@ def test_gpu_test_report_reads_junit() -> None:
         | {"mode": "full", "environment": {"device": "cuda", "gpu": "H100", "versions": {}}}
         | {"gpu_tests": {"command": "python -m pytest -m gpu", "tests": rows}}
     )
-    assert "| tests.test_gpu | not collected (holds gpu tests) |" in report
+    assert "| tests.test_device_check | not collected (holds gpu tests) |" in report
     assert "1 other test modules cannot be imported here (missing: openenv)" in report
 
 
