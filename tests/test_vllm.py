@@ -42,27 +42,21 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def packaged() -> Iterator[tuple[Any, Any, Any]]:
     """One engine in this process, as TRL builds its colocated one (external launcher, processed logprobs),
-    in fp32 and eager (conf/infra/cpu-vllm.yaml), beside the same model in transformers."""
-    launcher = {
-        "RANK": "0",
-        "LOCAL_RANK": "0",
-        "WORLD_SIZE": "1",
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": "29517",
-        "VLLM_CPU_KVCACHE_SPACE": "2",
-        "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-    }
+    with infra=cpu-vllm's engine options and environment, in fp32, beside the same model in transformers."""
+    infra = OmegaConf.load(ROOT / "conf/infra/cpu-vllm.yaml")
+    launcher = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+    launcher |= {"MASTER_PORT": "29517", **infra.hydra.job.env_set}
     saved = dict(os.environ)
     os.environ.update({k: os.environ.get(k, v) for k, v in launcher.items()})
     try:  # the launcher's variables only while the engine starts: train.py runs below would read them
         llm = vllm.LLM(
             model=str(prepare_packaged_model()),
             dtype="float32",
-            enforce_eager=True,
             distributed_executor_backend="external_launcher",
             max_num_batched_tokens=4096,
             logprobs_mode="processed_logprobs",
             gpu_memory_utilization=0.2,
+            **infra.infra.vllm_engine,
         )
     finally:
         os.environ.clear()
