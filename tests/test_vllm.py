@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -168,3 +170,20 @@ def test_grpo_steps_with_vllm_colocate(tmp_path, tuning, lr):
         assert s["sampling/is_masked"] == 0.0
     assert trained[0]["grad_norm"] > 0  # later steps may keep no group: lr 1e-2 can wreck a LoRA policy fast
     assert all(s["grad_norm"] > 0 for s in trained if s["groups/kept"] > 0)
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(DEVICE != "cpu", reason="infra=cpu-vllm")
+def test_bench_generate_with_vllm(tmp_path, env_url):
+    """benchmarks/bench_generate.py's vLLM way, as documented (its own process: an engine of its own)."""
+    out = tmp_path / "report.json"
+    command = [sys.executable, str(ROOT / "benchmarks/bench_generate.py"), "--ways", "merged,vllm"]
+    command += ["--groups", "1", "--repeats", "1", "--out", str(out), "infra=cpu-vllm", "task=click-test"]
+    command += ["trainer.num_generations=2", "env=remote", f"env.url={env_url}"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    for way in ("merged", "vllm"):
+        for decoding in ("sampled", "greedy"):
+            assert report[f"{way}/{decoding}"]["model_tokens"] > 0
+    assert report["vllm/merged generate_s, greedy"] > 0
