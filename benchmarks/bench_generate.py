@@ -98,8 +98,11 @@ def generators(
 
         return make
 
-    makers = {"adapted": hf(False), "merged": hf(True)}
-    makers["vllm"] = lambda: VLLMGenerator(engine, chat.eot_id, build.sampling(cfg))
+    def vllm() -> Generator:
+        engine.reset_prefix_cache()  # vLLM's own key/value reuse starts each play empty, as HFGenerator's
+        return VLLMGenerator(engine, chat.eot_id, build.sampling(cfg))
+
+    makers = {"adapted": hf(False), "merged": hf(True), "vllm": vllm}
     return {way: makers[way] for way in ways}
 
 
