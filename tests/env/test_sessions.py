@@ -27,7 +27,7 @@ def test_one_browser_per_session_and_none_after_close() -> None:
             for env in envs:
                 await env.connect()
             results = await asyncio.gather(*(solve_click_test(env, seed=i) for i, env in enumerate(envs)))
-            assert [r.reward for r in results] == [1.0, 1.0, 1.0]
+            assert [r.reward for r in results] == [1.0, 1.0, 1.0], [r.observation.error for r in results]
             assert browser_count(server.pid) == 3
             pids = chromium_pids(server.pid)
             # sessions are isolated: a reset in one does not touch the page of another
