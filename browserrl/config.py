@@ -21,7 +21,7 @@ from browserrl.env.launcher import EnvSetupError, check_env_url
 from browserrl.env.launcher import preflight as chromium_preflight
 from browserrl.env.models import MAX_OBSERVATION_DELAY
 from browserrl.env.tasks import canonical_task
-from browserrl.modeling import bf16_faster, lora_config, max_positions
+from browserrl.modeling import SFT_DIR, bf16_faster, lora_config, max_positions
 from browserrl.oracle import ORACLE_TASKS
 from browserrl.settings import TaskSettings, server_urls
 
@@ -361,6 +361,7 @@ def validate(cfg: DictConfig, trains: bool = True) -> None:
 def preflight(cfg: DictConfig) -> None:
     """What a validated config needs of this machine, in seconds, before any model or browser starts: the
     model's files, Chromium for a local env server, an answer from each remote one."""
+    check_resume(cfg)
     model = cfg.model
     if model.source == "path" and not Path(model.name_or_path, "config.json").exists():
         raise ConfigError("model.name_or_path", f"no model folder (config.json) at {model.name_or_path}")
@@ -384,3 +385,48 @@ def preflight(cfg: DictConfig) -> None:
             raise ConfigError(
                 "env.url", f"nothing answers at {url} ({exc}); start a server (make serve-env)"
             ) from exc
+
+
+#: The settings that make a run's SFT checkpoint: a run resumed from one of its GRPO checkpoints keeps them.
+SFT_SETTINGS = ("seed", "model", "lora", "tuning", "sft")
+
+
+def check_resume(cfg: DictConfig) -> None:
+    """`trainer.resume_from_checkpoint` names a checkpoint folder; with the SFT warm-up, the run goes on from
+    the SFT checkpoint that checkpoint was trained from (browserrl.sft.resumed_sft), so the settings that made
+    it must be this run's: a change would otherwise hold for the summary and not for the weights."""
+    checkpoint = (cfg.get("trainer") or {}).get("resume_from_checkpoint")
+    if not checkpoint:
+        return
+    if not Path(checkpoint).is_dir():
+        raise ConfigError("trainer.resume_from_checkpoint", f"no checkpoint folder at {checkpoint}")
+    run = Path(checkpoint).parent.parent
+    warmed_up = (cfg.get("sft") or {}).get("enabled") and (run / SFT_DIR / "final").is_dir()
+    if not warmed_up or not (run / "config.yaml").exists():
+        return
+    saved = OmegaConf.load(run / "config.yaml")
+    for section in SFT_SETTINGS:
+        key = first_difference(_plain(saved, section), _plain(cfg, section), section)
+        if key is not None:
+            before, now = OmegaConf.select(saved, key), OmegaConf.select(cfg, key)
+            raise ConfigError(
+                key,
+                f"{before!r} in the run of {checkpoint}, {now!r} here; the resumed run goes on from that "
+                "run's SFT checkpoint, trained with the former: resume with the run's settings",
+            )
+
+
+def _plain(cfg: DictConfig, key: str) -> Any:
+    value = OmegaConf.select(cfg, key)
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def first_difference(a: Any, b: Any, key: str) -> str | None:
+    """The first dotted key under `key` where two plain settings differ, None when they are equal."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for name in sorted(a.keys() | b.keys(), key=str):
+            found = first_difference(a.get(name), b.get(name), f"{key}.{name}")
+            if found is not None:
+                return found
+        return None
+    return None if a == b else key

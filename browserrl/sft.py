@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ from trl import SFTConfig, SFTTrainer
 from browserrl import build
 from browserrl.compat import compact_lm_head
 from browserrl.config import bf16_autocast, task_configs
-from browserrl.modeling import load_policy, lora_config
+from browserrl.modeling import SFT_DIR, load_policy, lora_config
 from browserrl.pool import EnvPool
 from browserrl.rollout import ChatFormat, Episode, RolloutEngine
 
@@ -116,3 +118,26 @@ def warm_up(cfg: DictConfig, pool: EnvPool, out_dir: Path) -> Path:
         raise RuntimeError(f"the oracle solved none of {list(cfg.sft.tasks)}: nothing to imitate")
     log.info("sft: %d successful oracle episodes", len(demos))
     return train_sft(model, tokenizer, demos, cfg, out_dir)
+
+
+def resumed_sft(checkpoint: str | None, out_dir: Path) -> Path | None:
+    """The SFT checkpoint that a run resumed from a GRPO checkpoint goes on from: the one whose weights that
+    checkpoint's training started from (RUN/checkpoints/checkpoint-N -> RUN/sft), copied to `out_dir` when
+    the run resumes in another folder. A new warm-up would cost its minutes and, on another machine class
+    (where `infra.precision=auto` picks another arithmetic), give other weights under an adapter trained on
+    the first. None without a checkpoint, or when its run kept no SFT folder: the warm-up then runs.
+    config.preflight has refused a run whose settings would make another SFT checkpoint."""
+    if not checkpoint:
+        return None
+    source = Path(checkpoint).parent.parent / SFT_DIR
+    if not (source / "final").is_dir() or not (source / "sft_summary.json").exists():
+        return None
+    if source.resolve() != out_dir.resolve():
+        copy = out_dir.with_name(f"{out_dir.name}.copy-{os.getpid()}")
+        shutil.copytree(source, copy, ignore=shutil.ignore_patterns("checkpoints"))
+        try:
+            copy.rename(out_dir)  # several processes copy at once: the first one's stays
+        except OSError:
+            shutil.rmtree(copy)
+    log.info("sft: going on from %s, the warm-up %s was trained from", source, checkpoint)
+    return out_dir / "final"

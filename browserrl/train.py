@@ -40,7 +40,7 @@ from browserrl.modeling import (
     warm_started,
 )
 from browserrl.rollout import ChatFormat, RolloutEngine, model_policy, trainer_output
-from browserrl.sft import warm_up
+from browserrl.sft import resumed_sft, warm_up
 
 log = logging.getLogger(__name__)
 GROUP_SLOT = "a group of one (task, seed) instance, drawn by the task sampler"
@@ -147,8 +147,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         pool = stack.enter_context(build.env_pool(cfg))
         demonstrations = 0
         if cfg.sft.enabled:  # scripted-oracle SFT warm-up; GRPO then starts from its checkpoint
-            with clock("time/sft_s"):
-                sft_final = warm_up(cfg, pool, run_dir / SFT_DIR)
+            sft_final = resumed_sft(args.resume_from_checkpoint, run_dir / SFT_DIR)  # its time: in the record
+            if sft_final is None:
+                with clock("time/sft_s"):
+                    sft_final = warm_up(cfg, pool, run_dir / SFT_DIR)
             demonstrations = json.loads((sft_final.parent / "sft_summary.json").read_text())["demonstrations"]
             cfg = warm_started(cfg, run_dir)  # from here on, `model` is the SFT checkpoint
         model, tokenizer = load_policy(cfg.model, trains_weights=cfg.tuning.name == "full")

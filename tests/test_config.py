@@ -214,6 +214,7 @@ def test_a_run_saved_before_a_rename_still_evaluates(compose_cfg):
     [
         (["env=remote", "env.url=http://127.0.0.1:9"], "env.url"),
         (["model.source=path", "model.name_or_path=/nonexistent"], "model.name_or_path"),
+        (["trainer.resume_from_checkpoint=/nonexistent/checkpoint-4"], "trainer.resume_from_checkpoint"),
     ],
 )
 def test_validation_reads_the_settings_and_preflight_the_machine(compose_cfg, overrides, key):
@@ -224,6 +225,28 @@ def test_validation_reads_the_settings_and_preflight_the_machine(compose_cfg, ov
     with pytest.raises(ConfigError) as err:
         preflight(cfg)
     assert err.value.key == key
+
+
+def test_a_resumed_run_keeps_the_settings_of_its_sft_checkpoint(compose_cfg, tmp_path):
+    """A run resumed from a GRPO checkpoint goes on from the SFT checkpoint of the checkpoint's run: preflight
+    refuses, naming the key, settings that would have made another one, and lets the rest change."""
+    args = ["+experiment=rl_vs_sft", "arm=sft4-grpo-expert"]
+    OmegaConf.save(compose_cfg(*args), tmp_path / "config.yaml", resolve=True)
+    (tmp_path / "sft" / "final").mkdir(parents=True)
+    checkpoint = tmp_path / "checkpoints" / "checkpoint-4"
+    checkpoint.mkdir(parents=True)
+    resume = f"trainer.resume_from_checkpoint={checkpoint}"
+    preflight(compose_cfg(*args, resume, "trainer.max_steps=32", "eval.before=false"))
+    for change, key in [
+        ("sft.episodes_per_task=8", "sft.episodes_per_task"),
+        ("seed=3", "seed"),
+        ("lora.r=8", "lora.r"),
+        ("+sft.episodes_by_task.click-tab=2", "sft.episodes_by_task.click-tab"),
+    ]:
+        with pytest.raises(ConfigError, match="resume with the run's settings") as err:
+            preflight(compose_cfg(*args, resume, change))
+        assert err.value.key == key
+    preflight(compose_cfg(*args, resume, "sft=none"))  # no warm-up: the model is named on the command line
 
 
 def test_a_moved_key_is_named_with_its_new_place(compose_cfg):

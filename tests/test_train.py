@@ -40,9 +40,9 @@ METRIC_KEYS = {
     "tokens/skipped",
 }
 SUMMARY_KEYS = {
-    "base/success_rate",
+    "sft/success_rate",
     "eval/success_rate",
-    "base/greedy_success_rate",
+    "sft/greedy_success_rate",
     "eval/greedy_success_rate",
     "eval/success@1",
     "eval/success@max",
@@ -55,10 +55,13 @@ def rows(run_dir: Path) -> list[dict]:
 
 
 def test_two_step_run_writes_record_and_checkpoint_then_resumes(tmp_path):
+    """A run with the SFT warm-up, then resumed from its first checkpoint in another folder: the resumed run
+    goes on from the SFT checkpoint that checkpoint was trained from (a copy, not a new warm-up, which on
+    another machine class would give other weights) and its summary counts the whole run."""
     run_dir = tmp_path / "run"
-    done = run_train(
-        *SMALL, "eval.sessions=2", "trainer.max_steps=2", "trainer.save_steps=1", f"hydra.run.dir={run_dir}"
-    )
+    sft = ["sft=oracle", "sft.tasks=[click-test]", "sft.episodes_per_task=2", "+sft.trainer.max_steps=1"]
+    steps = ["trainer.max_steps=2", "trainer.save_steps=1"]
+    done = run_train(*SMALL, *sft, "eval.sessions=2", *steps, f"hydra.run.dir={run_dir}")
     assert done.returncode == 0, done.stderr[-3000:]
     logged = [r for r in rows(run_dir) if "reward" in r]
     assert [r["step"] for r in logged] == [1, 2]
@@ -73,24 +76,22 @@ def test_two_step_run_writes_record_and_checkpoint_then_resumes(tmp_path):
 
     resumed_dir = tmp_path / "resumed"
     checkpoint = run_dir / "checkpoints" / "checkpoint-1"
-    done = run_train(
-        *SMALL,
-        "trainer.max_steps=2",
-        "eval.before=false",
-        "eval.after=false",
-        f"trainer.resume_from_checkpoint={checkpoint}",
-        f"hydra.run.dir={resumed_dir}",
-    )
+    resume = [f"trainer.resume_from_checkpoint={checkpoint}", f"hydra.run.dir={resumed_dir}"]
+    done = run_train(*SMALL, *sft, "trainer.max_steps=2", "eval.before=false", "eval.after=false", *resume)
     assert done.returncode == 0, done.stderr[-3000:]
     assert [r["step"] for r in rows(resumed_dir) if "reward" in r] == [2]  # step 1 came from the checkpoint
-    # the summary counts the whole run: the start's evaluation and step 1's cost came with the checkpoint
+    sft_weights = [(d / "sft" / "final" / "model.safetensors").read_bytes() for d in (run_dir, resumed_dir)]
+    assert sft_weights[0] == sft_weights[1]
+    # the summary counts the whole run: the start's evaluation, SFT and step 1's cost came with the checkpoint
     record = json.loads((checkpoint / "run_record_0.json").read_text())
     resumed = json.loads((resumed_dir / "summary.json").read_text())
-    start = summary["base/success_rate"]
-    assert resumed["base/success_rate"] == record["summary"]["base/success_rate"] == start
+    start = summary["sft/success_rate"]
+    assert resumed["sft/success_rate"] == record["summary"]["sft/success_rate"] == start
+    assert resumed["time/sft_s"] == summary["time/sft_s"] > 0
+    assert resumed["demonstrations/sft"] == summary["demonstrations/sft"] == 2
     assert resumed["time/grpo_s"] > record["time/grpo_s"] > 0
     assert resumed["tokens/trained"] >= record["tokens/trained"]
-    assert (resumed_dir / "heldout" / "base-sampled.json").exists()  # the pairs a comparison needs
+    assert (resumed_dir / "heldout" / "sft-sampled.json").exists()  # the pairs a comparison needs
 
 
 def adapter_update(run_dir: Path) -> float:
