@@ -57,6 +57,12 @@ class Run:
         return list(suite["tasks"])
 
     @property
+    def start(self) -> str:
+        """The policy GRPO started from, as the summary names its held-out results: `sft` after the SFT
+        warm-up, else `base`."""
+        return "sft" if (self.config.get("sft") or {}).get("enabled") else "base"
+
+    @property
     def group(self) -> str:
         """What the seeds of a study share: `full`, `lora r=8`, ..."""
         return self.tuning if self.rank is None else f"{self.tuning} r={self.rank}"
@@ -185,7 +191,8 @@ def summary_rows(runs: list[Run]) -> list[dict[str, Any]]:
             "seed": run.seed,
             "success@1": run.summary.get("eval/success@1"),
             "success@max": run.summary.get("eval/success@max"),
-            "base success@max": run.summary.get("base/success@max"),
+            "start": run.start,
+            "start success@max": run.summary.get(f"{run.start}/success@max"),
             f"steps to {TARGET_SUCCESS}": run.steps_to(),
             "wall time (s)": run.summary.get("wall_time_s"),
             "peak RSS (MB)": run.summary.get("peak_rss_mb"),
@@ -247,12 +254,13 @@ def plot_curves(runs: list[Run], metrics: tuple[str, ...] = CURVE_METRICS, prefi
 
 
 def plot_final_success(runs: list[Run]) -> Any:
-    """Held-out success@N after training per group, the base model first (bars: mean over seeds, whiskers:
-    min-max)."""
+    """Held-out success@N after training per group, the policies they started from first (the base model,
+    an SFT warm-up; bars: mean over seeds, whiskers: min-max)."""
     plt = _pyplot()
     groups = by_group(runs)
-    rows = {"base": [r for r in runs if "base/success@max" in r.summary]} | groups
-    prefixes = {"base": "base/"}
+    starts = {s: [r for r in runs if f"{s}/success@max" in r.summary] for s in ("base", "sft")}
+    rows = {s: members for s, members in starts.items() if members} | groups
+    prefixes = {s: f"{s}/" for s in starts}
     fig, ax = plt.subplots(figsize=(3 + 0.8 * len(SUCCESS_KEYS) * len(rows), 3.6))
     width = 0.8 / max(len(rows), 1)
     for i, (label, members) in enumerate(rows.items()):
@@ -348,10 +356,31 @@ def task_rows(runs: list[Run]) -> list[dict[str, Any]]:
                 {
                     "run": run.name,
                     "task": task,
-                    "before": get(f"base/{task}/success_rate"),
+                    "before": get(f"{run.start}/{task}/success_rate"),
                     "after": get(f"eval/{task}/success_rate"),
-                    "before, greedy": get(f"base/greedy_{task}/success_rate"),
+                    "before, greedy": get(f"{run.start}/greedy_{task}/success_rate"),
                     "after, greedy": get(f"eval/greedy_{task}/success_rate"),
+                }
+            )
+    return rows
+
+
+def training_task_rows(runs: list[Run]) -> list[dict[str, Any]]:
+    """Where each run's GRPO steps went, per task: the steps that drew it, its training success over them,
+    and its mean sampling weight over all steps (`sampling/TASK/weight`, logged by the task sampler)."""
+    rows = []
+    for run in runs:
+        steps = [r for r in run.history if "reward" in r]
+        for task in run.tasks:
+            success = [v for r in steps if _finite(v := r.get(f"{task}/success_rate"))]
+            weights = [v for r in steps if _finite(v := r.get(f"sampling/{task}/weight"))]
+            rows.append(
+                {
+                    "run": run.name,
+                    "task": task,
+                    "steps drawn": f"{len(success)} of {len(steps)}",
+                    "training success": mean(success) if success else None,
+                    "mean sampling weight": mean(weights) if weights else None,
                 }
             )
     return rows
@@ -431,11 +460,14 @@ def write_report(runs: list[Run], out_dir: str | Path) -> dict[str, Path]:
         fig.savefig(written[name], dpi=110)
         plt.close(fig)
     written["table"] = out_dir / "summary.md"
-    per_task = markdown_table(task_rows(runs)) if figures.keys() >= {"task_success"} else ""
+    suites = figures.keys() >= {"task_success"}
+    per_task = markdown_table(task_rows(runs)) if suites else ""
+    training = markdown_table(training_task_rows(runs)) if suites else ""
     written["table"].write_text(
         f"# Sweep summary ({len(runs)} runs)\n\nsuccess@N: held-out, after training. "
         f"steps to {TARGET_SUCCESS}: first step whose training success rate reached it.\n\n"
         + markdown_table(summary_rows(runs))
         + (f"\nHeld-out success per task (sampled; greedy):\n\n{per_task}" if per_task else "")
+        + (f"\nGRPO's steps per task (training episodes):\n\n{training}" if training else "")
     )
     return written

@@ -142,3 +142,21 @@ def test_task_curves_tell_seeds_apart_on_the_runs_steps():
     assert [line.get_color() for line in panel_a.lines] == ["C0", "C0"]
     assert len({line.get_linestyle() for line in panel_a.lines}) == 2
     assert panel_a.get_xlim() == (0.5, 4.5)
+
+
+def test_per_task_tables_read_the_start_policy_and_where_grpo_s_steps_went():
+    """A run after an SFT warm-up: 'before' is the SFT policy's held-out success; each task's training row
+    counts the steps that drew it and averages the sampler's weight over every step."""
+    config = {"tuning": {"name": "lora"}, "seed": 0, "sft": {"enabled": True}, "suite": {"tasks": ["a", "b"]}}
+    rows = [
+        {"step": 1, "reward": 0.5, "a/success_rate": 0.5, "sampling/a/weight": 0.9, "sampling/b/weight": 0.1},
+        {"step": 2, "reward": 1.0, "a/success_rate": 1.0, "sampling/a/weight": 0.5, "sampling/b/weight": 0.5},
+    ]
+    summary = {"sft/a/success_rate": 0.25, "eval/a/success_rate": 0.75, "base/a/success_rate": 0.0}
+    run = analysis.Run("s0", config, rows, summary)
+    assert run.start == "sft"
+    row = analysis.task_rows([run])[0]
+    assert (row["task"], row["before"], row["after"]) == ("a", 0.25, 0.75)
+    a, b = analysis.training_task_rows([run])
+    assert (a["steps drawn"], a["training success"], a["mean sampling weight"]) == ("2 of 2", 0.75, 0.7)
+    assert (b["steps drawn"], b["training success"], b["mean sampling weight"]) == ("0 of 2", None, 0.3)
