@@ -4,8 +4,13 @@ much each task's next group is likely to teach.
 A group of episodes of one instance teaches only when its rewards differ. A task whose recent success rate
 is p gives such a group most often near p = 1/2 and almost never at p = 0 or 1 (without an expert in the
 group), so `learning` weighs each task by p(1 - p) from a moving window of its latest training episodes,
-with a floor so that a solved or a hopeless task is still visited and can be seen to change. A task not yet
-played counts as p = 1/2. `uniform` draws every task equally often.
+with a floor so that a solved or a hopeless task is still visited and can be seen to change. `teaching`
+weighs it by the chance that its next group of G episodes has a spread, 1 - p^G - (1 - p)^G, and with the
+expert in the group (browserrl.groups) by 1 - p^G: there a group the policy fails entirely teaches too, so
+a task the policy cannot solve yet is drawn as often as a half-solved one, where `learning` gives it the
+floor and the expert rarely gets to show it (measured at 4 demonstrations per task: docs/benchmarks.md,
+"Which tasks the expert's groups reached"). A task not yet played counts as p = 1/2. `uniform` draws every
+task equally often.
 
 The sampler owns the seeds too: each draw takes a fresh training seed in [0, train_seeds) from its own
 random stream, so a run's instances depend on its seed alone, and resuming from a checkpoint continues the
@@ -23,7 +28,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-MODES = ("uniform", "learning")
+MODES = ("uniform", "learning", "teaching")
 
 
 class TaskSampler:
@@ -35,10 +40,13 @@ class TaskSampler:
         window: int = 32,
         floor: float = 0.02,
         seed: int = 0,
+        group_size: int = 8,
+        expert: bool = False,
     ):
         if mode not in MODES:
             raise ValueError(f"task sampling must be one of {MODES}, got {mode!r}")
         self.tasks, self.train_seeds, self.mode, self.floor = list(tasks), train_seeds, mode, floor
+        self.group_size, self.expert = group_size, expert
         self.recent: dict[str, deque[float]] = {t: deque(maxlen=window) for t in self.tasks}
         self.rng = random.Random(seed)
 
@@ -52,9 +60,16 @@ class TaskSampler:
         if self.mode == "uniform":
             raw = dict.fromkeys(self.tasks, 1.0)
         else:
-            raw = {t: max(p * (1 - p), self.floor) for t in self.tasks for p in [self.success(t)]}
+            value = self.teaches if self.mode == "teaching" else lambda p: p * (1 - p)
+            raw = {t: max(value(self.success(t)), self.floor) for t in self.tasks}
         total = sum(raw.values())
         return {t: w / total for t, w in raw.items()}
+
+    def teaches(self, p: float) -> float:
+        """The chance that a group of the task's episodes has a spread in reward, its episodes succeeding
+        independently with chance p: not all successes and, without the expert, not all failures."""
+        all_failed = 0.0 if self.expert else (1 - p) ** self.group_size
+        return 1 - p**self.group_size - all_failed
 
     def draw(self, n: int) -> list[tuple[str, int]]:
         """n instances: tasks by `weights`, each with a fresh training seed."""

@@ -180,6 +180,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             g.sampling_window,
             g.sampling_floor,
             cfg.seed + rank,  # each process draws its own instances
+            args.num_generations,
+            g.expert,
         )
         expert = build.demonstrator(pool, chat, cfg, tasks) if g.expert else None
         collector = GroupCollector(

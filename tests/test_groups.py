@@ -159,6 +159,24 @@ def test_learning_weights_move_toward_a_task_that_starts_failing():
     assert all(0 <= seed < 100 for _, seed in draws)
 
 
+def test_teaching_weights_draw_a_failing_task_only_when_the_expert_can_show_it():
+    """`teaching`: a task by the chance its next group has a spread. Without the expert a task the policy
+    fails entirely gets the floor, as under `learning`; with it, such a group teaches too, so the task is
+    drawn as often as a half-solved one, and only a solved task falls to the floor."""
+    outcomes = {"solved": [True] * 8, "half": [True, False] * 4, "failing": [False] * 8}
+    weights = {}
+    for expert in (False, True):
+        sampler = TaskSampler(list(outcomes), 100, mode="teaching", window=8, group_size=8, expert=expert)
+        for task, solved in outcomes.items():
+            sampler.record(task, solved)
+        weights[expert] = sampler.weights()
+    floor = 0.02
+    raw = {"solved": floor, "half": 1 - 2 * 0.5**8, "failing": floor}  # not all successes, not all failures
+    assert weights[False] == pytest.approx({t: w / sum(raw.values()) for t, w in raw.items()})
+    raw = {"solved": floor, "half": 1 - 0.5**8, "failing": 1.0}  # with the expert: not all successes
+    assert weights[True] == pytest.approx({t: w / sum(raw.values()) for t, w in raw.items()})
+
+
 def test_uniform_draws_every_task_and_the_state_resumes(tmp_path):
     sampler = TaskSampler(["a", "b", "c"], train_seeds=10**5, seed=3)
     assert sampler.weights() == {t: pytest.approx(1 / 3) for t in "abc"}
