@@ -399,7 +399,8 @@ def check_resume(cfg: DictConfig) -> None:
     if not checkpoint:
         return
     if not Path(checkpoint).is_dir():
-        raise ConfigError("trainer.resume_from_checkpoint", f"no checkpoint folder at {checkpoint}")
+        wanted = "a folder RUN/checkpoints/checkpoint-N"
+        raise ConfigError("trainer.resume_from_checkpoint", f"no checkpoint folder at {checkpoint}: {wanted}")
     run = Path(checkpoint).parent.parent
     warmed_up = (cfg.get("sft") or {}).get("enabled") and (run / SFT_DIR / "final").is_dir()
     if not warmed_up or not (run / "config.yaml").exists():
