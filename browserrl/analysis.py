@@ -1,9 +1,10 @@
 """Read the runs of a sweep (local records or W&B), aggregate them over seeds, draw the study's plots.
 
 A run's local record is its Hydra folder: config.yaml (resolved), metrics.jsonl (one row per logging step)
-and summary.json (held-out base/* and eval/* metrics, parameters, wall time, peak memory). Runs are grouped
-by tuning mode and LoRA rank; the seeds of a group give a mean and a min-max band. Nothing here invents a
-value: a metric a run did not record is left out of the plots and shown as "-" in the table.
+and summary.json (held-out results of its start, base/* or sft/*, and of its end, eval/*; parameters, wall
+time, peak memory). Runs are grouped by tuning mode and LoRA rank; the seeds of a group give a mean and a
+min-max band. Nothing here invents a value: a metric a run did not record is left out of the plots and
+shown as "-" in the table.
 
 Peak memory is measured here too (`reset_peak_memory` / `peak_memory_mb`), so the analysis owns how the
 number it plots was taken.
@@ -366,8 +367,9 @@ def task_rows(runs: list[Run]) -> list[dict[str, Any]]:
 
 
 def training_task_rows(runs: list[Run]) -> list[dict[str, Any]]:
-    """Where each run's GRPO steps went, per task: the steps that drew it, its training success over them,
-    and its mean sampling weight over all steps (`sampling/TASK/weight`, logged by the task sampler)."""
+    """Where each run's GRPO steps went, per task: the steps that trained on it and its success in the groups
+    they kept (`TASK/success_rate` counts the trained episodes: groups that dynamic sampling dropped are not
+    in it), and its mean sampling weight over all steps (`sampling/TASK/weight`, from the task sampler)."""
     rows = []
     for run in runs:
         steps = [r for r in run.history if "reward" in r]
@@ -378,8 +380,8 @@ def training_task_rows(runs: list[Run]) -> list[dict[str, Any]]:
                 {
                     "run": run.name,
                     "task": task,
-                    "steps drawn": f"{len(success)} of {len(steps)}",
-                    "training success": mean(success) if success else None,
+                    "steps trained on it": f"{len(success)} of {len(steps)}",
+                    "training success, kept groups": mean(success) if success else None,
                     "mean sampling weight": mean(weights) if weights else None,
                 }
             )

@@ -361,7 +361,6 @@ def validate(cfg: DictConfig, trains: bool = True) -> None:
 def preflight(cfg: DictConfig) -> None:
     """What a validated config needs of this machine, in seconds, before any model or browser starts: the
     model's files, Chromium for a local env server, an answer from each remote one."""
-    check_resume(cfg)
     model = cfg.model
     if model.source == "path" and not Path(model.name_or_path, "config.json").exists():
         raise ConfigError("model.name_or_path", f"no model folder (config.json) at {model.name_or_path}")
@@ -387,14 +386,19 @@ def preflight(cfg: DictConfig) -> None:
             ) from exc
 
 
-#: The settings that make a run's SFT checkpoint: a run resumed from one of its GRPO checkpoints keeps them.
-SFT_SETTINGS = ("seed", "model", "lora", "tuning", "sft")
+#: What a resumed run's weights go on from: the model and its adapter, and with the SFT warm-up what made the
+#: SFT checkpoint (the oracle plays each task with its settings; the seed orders the demonstrations).
+WEIGHT_SETTINGS = ("model", "tuning", "lora")
+SFT_SETTINGS = ("seed", *WEIGHT_SETTINGS, "task", "tasks", "sft")
+#: Fields that name a run or shape its log, not its weights: tuning's tag, SFTConfig's logging and saving.
+NOT_WEIGHTS = frozenset({"tag", "logging_steps", "disable_tqdm", "report_to", "save_strategy"})
 
 
 def check_resume(cfg: DictConfig) -> None:
-    """`trainer.resume_from_checkpoint` names a checkpoint folder; with the SFT warm-up, the run goes on from
-    the SFT checkpoint that checkpoint was trained from (browserrl.sft.resumed_sft), so the settings that made
-    it must be this run's: a change would otherwise hold for the summary and not for the weights."""
+    """`trainer.resume_from_checkpoint` names a checkpoint folder, and the run resumes with the settings its
+    weights were trained from: with the SFT warm-up it goes on from that run's SFT checkpoint
+    (browserrl.sft.resumed_sft), so a change of what made it would hold for the record and not for the
+    weights. Keys the saved config lacks (added to the repo since) are not compared."""
     checkpoint = (cfg.get("trainer") or {}).get("resume_from_checkpoint")
     if not checkpoint:
         return
@@ -402,19 +406,25 @@ def check_resume(cfg: DictConfig) -> None:
         wanted = "a folder RUN/checkpoints/checkpoint-N"
         raise ConfigError("trainer.resume_from_checkpoint", f"no checkpoint folder at {checkpoint}: {wanted}")
     run = Path(checkpoint).parent.parent
-    warmed_up = (cfg.get("sft") or {}).get("enabled") and (run / SFT_DIR / "final").is_dir()
-    if not warmed_up or not (run / "config.yaml").exists():
-        return
+    if not (run / "config.yaml").exists():
+        return  # not a browserrl run folder: nothing to compare with
     saved = OmegaConf.load(run / "config.yaml")
-    for section in SFT_SETTINGS:
+    was, now = bool(OmegaConf.select(saved, "sft.enabled")), bool(OmegaConf.select(cfg, "sft.enabled"))
+    sft_final = (run / SFT_DIR / "final").resolve()
+    named = cfg.model.source == "path" and Path(cfg.model.name_or_path or "").resolve() == sft_final
+    if was and not now and named:  # sft=none model.source=path model.name_or_path=RUN/sft/final
+        return
+    where = f"in the run of {checkpoint}"
+    if was != now:
+        raise ConfigError("sft.enabled", f"{was} {where}, {now} here: {RESUME_AS_RUN}")
+    for section in SFT_SETTINGS if now else WEIGHT_SETTINGS:
         key = first_difference(_plain(saved, section), _plain(cfg, section), section)
         if key is not None:
-            before, now = OmegaConf.select(saved, key), OmegaConf.select(cfg, key)
-            raise ConfigError(
-                key,
-                f"{before!r} in the run of {checkpoint}, {now!r} here; the resumed run goes on from that "
-                "run's SFT checkpoint, trained with the former: resume with the run's settings",
-            )
+            before, after = OmegaConf.select(saved, key), OmegaConf.select(cfg, key)
+            raise ConfigError(key, f"{before!r} {where}, {after!r} here: {RESUME_AS_RUN}")
+
+
+RESUME_AS_RUN = "the checkpoint's weights were trained from the former; resume with the run's settings"
 
 
 def _plain(cfg: DictConfig, key: str) -> Any:
@@ -422,12 +432,13 @@ def _plain(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
-def first_difference(a: Any, b: Any, key: str) -> str | None:
-    """The first dotted key under `key` where two plain settings differ, None when they are equal."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        for name in sorted(a.keys() | b.keys(), key=str):
-            found = first_difference(a.get(name), b.get(name), f"{key}.{name}")
+def first_difference(saved: Any, current: Any, key: str) -> str | None:
+    """The first dotted key under `key` where a saved setting and the current one differ (keys the saved one
+    lacks and NOT_WEIGHTS fields skipped), None when none does."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        for name in sorted(saved.keys() - NOT_WEIGHTS, key=str):
+            found = first_difference(saved[name], current.get(name), f"{key}.{name}")
             if found is not None:
                 return found
         return None
-    return None if a == b else key
+    return None if saved == current else key

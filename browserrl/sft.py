@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,9 @@ from browserrl.pool import EnvPool
 from browserrl.rollout import ChatFormat, Episode, RolloutEngine
 
 log = logging.getLogger(__name__)
+
+#: What the warm-up writes beside its checkpoint (`final/`): demonstrations, tokens, time, loss.
+SFT_SUMMARY = "sft_summary.json"
 
 
 def collect_demonstrations(engine: RolloutEngine, instances: Sequence[tuple[str, int]]) -> list[Episode]:
@@ -101,7 +104,7 @@ def train_sft(
         "tokens_per_s": tokens / result.metrics["train_runtime"],
         "train_loss": result.metrics["train_loss"],
     }
-    (out_dir / "sft_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out_dir / SFT_SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
     log.info("sft: %s", {k: round(v, 3) for k, v in summary.items()})
     return final
 
@@ -126,18 +129,29 @@ def resumed_sft(checkpoint: str | None, out_dir: Path) -> Path | None:
     the run resumes in another folder. A new warm-up would cost its minutes and, on another machine class
     (where `infra.precision=auto` picks another arithmetic), give other weights under an adapter trained on
     the first. None without a checkpoint, or when its run kept no SFT folder: the warm-up then runs.
-    config.preflight has refused a run whose settings would make another SFT checkpoint."""
+    config.check_resume has refused settings that would have made another SFT checkpoint."""
     if not checkpoint:
         return None
     source = Path(checkpoint).parent.parent / SFT_DIR
-    if not (source / "final").is_dir() or not (source / "sft_summary.json").exists():
+    if not _holds_sft(source):
+        log.warning("sft: no SFT checkpoint in %s: the warm-up runs again", source)
         return None
     if source.resolve() != out_dir.resolve():
-        copy = out_dir.with_name(f"{out_dir.name}.copy-{os.getpid()}")
-        shutil.copytree(source, copy, ignore=shutil.ignore_patterns("checkpoints"))
-        try:
-            copy.rename(out_dir)  # several processes copy at once: the first one's stays
-        except OSError:
-            shutil.rmtree(copy)
+        if not _holds_sft(out_dir):
+            copy = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
+            shutil.copytree(source, copy, ignore=shutil.ignore_patterns("checkpoints"), dirs_exist_ok=True)
+            try:
+                copy.rename(out_dir)  # several processes copy at once: the first one's stays
+            except OSError:
+                shutil.rmtree(copy)
+                if not _holds_sft(out_dir):
+                    raise
+        if (out_dir / SFT_SUMMARY).read_text() != (source / SFT_SUMMARY).read_text():
+            other = f"{out_dir} holds another SFT checkpoint than {source}"
+            raise RuntimeError(f"{other}: resume in a new run folder")
     log.info("sft: going on from %s, the warm-up %s was trained from", source, checkpoint)
     return out_dir / "final"
+
+
+def _holds_sft(folder: Path) -> bool:
+    return (folder / "final").is_dir() and (folder / SFT_SUMMARY).exists()

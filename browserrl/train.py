@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import PrinterCallback, TrainerCallback, set_seed
 
 from browserrl import build, rewards
-from browserrl.config import preflight, task_configs, validate
+from browserrl.config import check_resume, preflight, task_configs, validate
 from browserrl.curriculum import SamplerCheckpoint, TaskSampler
 from browserrl.evaluate import PeriodicEval, heldout_report
 from browserrl.generation import VLLMGenerator
@@ -40,7 +40,7 @@ from browserrl.modeling import (
     warm_started,
 )
 from browserrl.rollout import ChatFormat, RolloutEngine, model_policy, trainer_output
-from browserrl.sft import resumed_sft, warm_up
+from browserrl.sft import SFT_SUMMARY, resumed_sft, warm_up
 
 log = logging.getLogger(__name__)
 GROUP_SLOT = "a group of one (task, seed) instance, drawn by the task sampler"
@@ -130,6 +130,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     reset_peak_memory()  # a multirun's runs share this process: each run reports its own peak
     report_to = ["wandb"] if cfg.logger.name == "wandb" else []
     validate(cfg)  # the settings, in seconds, naming the key
+    check_resume(cfg)  # a resumed run: the settings its checkpoint's weights were trained from
     preflight(cfg)  # this machine: model files, Chromium or the env servers
     args = build.grpo_config(cfg, run_dir / "checkpoints", report_to)
     # Several processes (accelerate launch, torchrun): each plays and trains on its own groups; the first
@@ -151,7 +152,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             if sft_final is None:
                 with clock("time/sft_s"):
                     sft_final = warm_up(cfg, pool, run_dir / SFT_DIR)
-            demonstrations = json.loads((sft_final.parent / "sft_summary.json").read_text())["demonstrations"]
+            demonstrations = json.loads((sft_final.parent / SFT_SUMMARY).read_text())["demonstrations"]
             cfg = warm_started(cfg, run_dir)  # from here on, `model` is the SFT checkpoint
         model, tokenizer = load_policy(cfg.model, trains_weights=cfg.tuning.name == "full")
         model.to(policy_device(args.use_cpu))
@@ -180,8 +181,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             g.sampling_window,
             g.sampling_floor,
             cfg.seed + rank,  # each process draws its own instances
-            args.num_generations,
-            g.expert,
+            group_size=args.num_generations,
+            expert=g.expert,
         )
         expert = build.demonstrator(pool, chat, cfg, tasks) if g.expert else None
         collector = GroupCollector(

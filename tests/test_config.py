@@ -10,7 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from browserrl.build import grpo_config
-from browserrl.config import ConfigError, bf16_autocast, preflight, task_configs, validate
+from browserrl.config import ConfigError, bf16_autocast, check_resume, preflight, task_configs, validate
 from browserrl.env.tasks import canonical_task
 from browserrl.oracle import ORACLES
 from browserrl.settings import EnvSettings, TaskSettings
@@ -214,7 +214,6 @@ def test_a_run_saved_before_a_rename_still_evaluates(compose_cfg):
     [
         (["env=remote", "env.url=http://127.0.0.1:9"], "env.url"),
         (["model.source=path", "model.name_or_path=/nonexistent"], "model.name_or_path"),
-        (["trainer.resume_from_checkpoint=/nonexistent/checkpoint-4"], "trainer.resume_from_checkpoint"),
     ],
 )
 def test_validation_reads_the_settings_and_preflight_the_machine(compose_cfg, overrides, key):
@@ -227,26 +226,34 @@ def test_validation_reads_the_settings_and_preflight_the_machine(compose_cfg, ov
     assert err.value.key == key
 
 
-def test_a_resumed_run_keeps_the_settings_of_its_sft_checkpoint(compose_cfg, tmp_path):
-    """A run resumed from a GRPO checkpoint goes on from the SFT checkpoint of the checkpoint's run: preflight
-    refuses, naming the key, settings that would have made another one, and lets the rest change."""
+def test_a_resumed_run_keeps_the_settings_its_weights_were_trained_from(compose_cfg, tmp_path):
+    """A run resumed from a GRPO checkpoint goes on from the SFT checkpoint of the checkpoint's run: the
+    settings that would have made another one are refused, naming the key; the rest may change."""
     args = ["+experiment=rl_vs_sft", "arm=sft4-grpo-expert"]
     OmegaConf.save(compose_cfg(*args), tmp_path / "config.yaml", resolve=True)
     (tmp_path / "sft" / "final").mkdir(parents=True)
     checkpoint = tmp_path / "checkpoints" / "checkpoint-4"
     checkpoint.mkdir(parents=True)
     resume = f"trainer.resume_from_checkpoint={checkpoint}"
-    preflight(compose_cfg(*args, resume, "trainer.max_steps=32", "eval.before=false"))
+    changes = ["trainer.max_steps=32", "eval.before=false", "sft.trainer.logging_steps=5"]
+    check_resume(compose_cfg(*args, resume, *changes))
     for change, key in [
         ("sft.episodes_per_task=8", "sft.episodes_per_task"),
         ("seed=3", "seed"),
         ("lora.r=8", "lora.r"),
-        ("+sft.episodes_by_task.click-tab=2", "sft.episodes_by_task.click-tab"),
+        ("tuning=full", "tuning.name"),
+        ("sft.episodes_by_task.click-checkboxes=8", "sft.episodes_by_task.click-checkboxes"),
+        ("task.prompt.compact=true", "task.prompt.compact"),
+        ("sft=none", "sft.enabled"),  # LoRA weights trained on the SFT checkpoint, loaded on the base model
     ]:
         with pytest.raises(ConfigError, match="resume with the run's settings") as err:
-            preflight(compose_cfg(*args, resume, change))
+            check_resume(compose_cfg(*args, resume, change))
         assert err.value.key == key
-    preflight(compose_cfg(*args, resume, "sft=none"))  # no warm-up: the model is named on the command line
+    named = ["sft=none", "model.source=path", f"model.name_or_path={tmp_path / 'sft' / 'final'}"]
+    check_resume(compose_cfg(*args, resume, *named))  # the same weights, named on the command line
+    with pytest.raises(ConfigError) as err:
+        check_resume(compose_cfg(*args, "trainer.resume_from_checkpoint=/nonexistent/checkpoint-4"))
+    assert err.value.key == "trainer.resume_from_checkpoint"
 
 
 def test_a_moved_key_is_named_with_its_new_place(compose_cfg):

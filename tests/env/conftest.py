@@ -79,9 +79,8 @@ async def solve_click_test(env: BrowserGymEnv, seed: int) -> Any:
     """Reset click-test and click the button whose bid is read from the AX tree.
 
     A click that did not end the episode (once in CI, with three Chromiums starting beside another test worker
-    on 2 cores; Playwright's action timeout is MiniWoB's 5 s) is tried once more, so that the tests built on
-    this helper judge sessions, not the machine's load; a second miss is returned as it came, any error in
-    ``observation.error``.
+    on 2 cores; Playwright's action timeout is MiniWoB's 5 s) is tried once more; a second miss is returned
+    as it came, any error in ``observation.error``.
     """
     result = await env.reset(seed=seed, task_name="click-test")
     bid = find_bid(result.observation.axtree_txt, "button", "Click Me!")
