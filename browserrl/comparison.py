@@ -42,6 +42,13 @@ class Point:
         return float(value) if _finite(value) else None
 
 
+def grpo_setting(run: Run) -> tuple[bool, str]:
+    """What sets one GRPO arm apart from another in the study: the expert in the group, and the task
+    sampling (records from before the option drew uniformly)."""
+    grpo = run.config.get("grpo", {})
+    return bool(grpo.get("expert")), str(grpo.get("task_sampling", "uniform"))
+
+
 def points(runs: list[Run]) -> list[Point]:
     """Each run's two policies: its start (the base model, or its SFT checkpoint) and its GRPO result (runs
     that record their demonstrations: older records say nothing of what they cost)."""
@@ -51,7 +58,8 @@ def points(runs: list[Run]) -> list[Point]:
         sft = int(s.get("demonstrations/sft") or 0)
         expert = int(s.get("demonstrations/expert") or 0)
         sft_min, grpo_min = (float(s.get(k) or 0.0) / 60 for k in ("time/sft_s", "time/grpo_s"))
-        with_expert = "+expert" if run.config.get("grpo", {}).get("expert") else ""
+        expert_on, sampling = grpo_setting(run)
+        with_expert = ("+expert" if expert_on else "") + ("" if sampling == "uniform" else f", {sampling}")
         if sft:
             found.append(Point(run, "SFT only", "sft", sft, sft_min))
             found.append(Point(run, f"SFT+GRPO{with_expert}", "eval", sft + expert, sft_min + grpo_min))
@@ -99,15 +107,14 @@ def paired_difference(
 
 
 def difference_rows(runs: list[Run]) -> list[dict[str, Any]]:
-    """SFT+GRPO minus SFT only, per number of demonstrations, suite and decoding (runs whose held-out
-    outcomes are on disk)."""
-    by_demos: dict[tuple[int, bool], list[Run]] = defaultdict(list)  # GRPO with the expert apart
+    """SFT+GRPO minus SFT only, per number of demonstrations, GRPO setting, suite and decoding (runs whose
+    held-out outcomes are on disk)."""
+    by_arm: dict[tuple[int, bool, str], list[Run]] = defaultdict(list)  # each GRPO setting apart
     for run in runs:
         if run.summary.get("demonstrations/sft") and run.path is not None:
-            expert = bool(run.config.get("grpo", {}).get("expert"))
-            by_demos[int(run.summary["demonstrations/sft"]), expert].append(run)
+            by_arm[(int(run.summary["demonstrations/sft"]), *grpo_setting(run))].append(run)
     rows = []
-    for (demos, expert), members in sorted(by_demos.items()):
+    for (demos, expert, sampling), members in sorted(by_arm.items()):
         for suite in ("", "transfer/"):
             for decoding in ("sampled", "greedy"):
                 try:
@@ -125,6 +132,7 @@ def difference_rows(runs: list[Run]) -> list[dict[str, Any]]:
                     {
                         "SFT demonstrations": demos,
                         "GRPO": "with the expert" if expert else "plain",
+                        "task sampling": sampling,
                         "suite": "transfer" if suite else "training suite",
                         "decoding": decoding,
                         "seeds": ",".join(str(r.seed) for r in members),

@@ -81,13 +81,18 @@ def test_report_draws_the_study_and_pairs_by_seed(tmp_path):
         runs.append(record(tmp_path, f"sft4-s{seed}", seed, summary, solved))
     solved["eval"] = {t: range(100, 120) for t in TASKS}  # the same SFT, GRPO with the expert: 10 of 20 more
     runs.append(record(tmp_path, "sft4-expert-s1", 1, summary, solved))
+    solved["eval"] = {t: range(100, 118) for t in TASKS}  # the expert and another task sampling: 8 more
+    runs.append(record(tmp_path, "sft4-expert-teaching-s1", 1, summary, solved))
+    runs[-1].config["grpo"]["task_sampling"] = "teaching"
     written = comparison.write_report(runs, tmp_path)
     assert {"rl_vs_sft", "generalization", "rl_vs_sft_table"} <= set(written)
     table = written["rl_vs_sft_table"].read_text()
-    assert "| 40 | plain | training suite | sampled | 0,1 | 0.250 |" in table  # 5 of 20 more, both seeds
-    assert "| 40 | plain | transfer | greedy | 0,1 | 0.025 |" in table
-    assert "| 40 | with the expert | training suite | sampled | 1 | 0.500 |" in table  # apart, not pooled
+    assert "| 40 | plain | uniform | training suite | sampled | 0,1 | 0.250 |" in table  # 5 of 20 more
+    assert "| 40 | plain | uniform | transfer | greedy | 0,1 | 0.025 |" in table
+    assert "| 40 | with the expert | uniform | training suite | sampled | 1 | 0.500 |" in table  # apart
+    assert "| 40 | with the expert | teaching | training suite | sampled | 1 | 0.400 |" in table  # apart too
     assert "| sft4-expert-s1 | 1 | SFT+GRPO+expert |" in table  # its point, labelled apart
+    assert "| sft4-expert-teaching-s1 | 1 | SFT+GRPO+expert, teaching |" in table
     assert (
         comparison.write_report([Run("plain", {"seed": 0}, [], {"eval/success_rate": 1.0})], tmp_path) == {}
     )
