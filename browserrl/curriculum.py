@@ -9,8 +9,8 @@ weighs it by the chance that its next group of G episodes has a spread, 1 - p^G 
 expert in the group (browserrl.groups) by 1 - p^G: there a group the policy fails entirely teaches too, so
 a task the policy cannot solve yet is drawn as often as a half-solved one, where `learning` gives it the
 floor and the expert rarely gets to show it (measured at 4 demonstrations per task: docs/benchmarks.md,
-"Which tasks the expert's groups reached"). A task not yet played counts as p = 1/2. `uniform` draws every
-task equally often.
+"A third seed at 16 steps, and which tasks the expert's groups reached"). A task not yet played counts as
+p = 1/2. `uniform` draws every task equally often.
 
 The sampler owns the seeds too: each draw takes a fresh training seed in [0, train_seeds) from its own
 random stream, so a run's instances depend on its seed alone, and resuming from a checkpoint continues the
