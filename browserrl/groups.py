@@ -84,15 +84,21 @@ class StepGroups:
         return RolloutBatch([e for g in self.groups for e in g.episodes], self.generate_s, self.env_s)
 
     def metrics(self) -> dict[str, float]:
-        """Per-step numbers for the record (metrics.jsonl, W&B): `groups/*`, `expert/episodes`, and each
-        task's share of the next draws (`sampling/TASK/weight`). `groups/success_rate` is the policy's
-        success over every episode drawn: the kept groups alone are biased toward a half."""
+        """Per-step numbers for the record (metrics.jsonl, W&B): `groups/*`, `expert/*`, and each task's
+        share of the next draws (`sampling/TASK/weight`). `groups/success_rate` is the policy's success over
+        every episode drawn: the kept groups alone are biased toward a half. `expert/token_share` is the
+        expert's part of the model-turn tokens handed to the trainer: the token-mean losses (dapo, the
+        default) weigh each of its tokens by its advantage over all of them, so this share says how much of
+        a step's gradient the demonstrations can be."""
+        model = [(e.expert, sum(e.env_mask)) for g in self.groups for e in g.episodes]
+        model_tokens = sum(n for _, n in model)
         return {
             "groups/drawn": self.drawn,
             "groups/kept": self.kept,
             "groups/frac_reward_zero_std": self.zero_spread / self.drawn if self.drawn else math.nan,
             "groups/success_rate": sum(self.solved) / len(self.solved) if self.solved else math.nan,
             "expert/episodes": self.expert_episodes,
+            "expert/token_share": sum(n for x, n in model if x) / model_tokens if model_tokens else math.nan,
             "tokens/dropped": self.tokens_dropped,
             **{f"sampling/{task}/weight": w for task, w in self.task_weights.items()},
         }

@@ -125,6 +125,7 @@ def test_an_expert_episode_makes_an_all_failure_group_teach():
         assert all(math.isnan(lp) for lp, m in zip(shown.logprobs, shown.env_mask) if m)
     assert step.zero_spread == 2  # before the expert: both groups were all failures
     assert step.metrics()["expert/episodes"] == 2
+    assert step.metrics()["expert/token_share"] == 0.25  # 2 of each group's 8 model-turn tokens
 
 
 def test_the_expert_joins_only_groups_of_failures_and_only_when_it_solves():

@@ -36,6 +36,7 @@ METRIC_KEYS = {
     "groups/kept",
     "groups/frac_reward_zero_std",
     "expert/episodes",
+    "expert/token_share",
     "tokens/trained",
     "tokens/skipped",
 }
