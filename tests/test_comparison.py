@@ -103,6 +103,7 @@ def test_report_draws_the_study_and_pairs_by_seed(tmp_path):
     [
         ("rl_vs_sft-11steps", "0", "+0.138 [+0.062, +0.206]", "+0.039 [-0.023, +0.102]"),
         ("rl_vs_sft-16steps", "0,1,2", "+0.154 [+0.117, +0.192]", "+0.078 [+0.047, +0.109]"),
+        ("teaching-16steps", "0", "+0.181 [+0.106, +0.256]", "+0.023 [-0.047, +0.094]"),
     ],
 )
 def test_published_records_give_the_differences_the_docs_report(
