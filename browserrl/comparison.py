@@ -21,7 +21,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
-from typing import Any
+from typing import Any, NamedTuple
 
 from browserrl.analysis import Run, _finite, _pyplot, markdown_table
 
@@ -42,11 +42,33 @@ class Point:
         return float(value) if _finite(value) else None
 
 
-def grpo_setting(run: Run) -> tuple[bool, str]:
-    """What sets one GRPO arm apart from another in the study: the expert in the group, and the task
-    sampling (records from before the option drew uniformly)."""
-    grpo = run.config.get("grpo", {})
-    return bool(grpo.get("expert")), str(grpo.get("task_sampling", "uniform"))
+class GRPOSetting(NamedTuple):
+    """What sets one GRPO arm apart from another in the study: the expert in the group, its SFT weight (0:
+    off) and the task sampling (records from before an option have its default)."""
+
+    expert: bool
+    expert_weight: float
+    sampling: str
+
+    @classmethod
+    def of(cls, run: Run) -> GRPOSetting:
+        grpo = run.config.get("grpo", {})
+        weight = float(grpo.get("expert_sft_weight") or 0.0)
+        return cls(bool(grpo.get("expert")), weight, str(grpo.get("task_sampling", "uniform")))
+
+    @property
+    def expert_text(self) -> str:
+        """'plain', 'with the expert', 'with the expert, SFT weight 1'."""
+        if not self.expert:
+            return "plain"
+        return "with the expert" + (f", SFT weight {self.expert_weight:g}" if self.expert_weight else "")
+
+    @property
+    def suffix(self) -> str:
+        """A point's label after 'GRPO': '+expert', '+expert x1', ', learning'."""
+        weight = f" x{self.expert_weight:g}" if self.expert_weight else ""
+        sampling = "" if self.sampling == "uniform" else f", {self.sampling}"
+        return ("+expert" + weight if self.expert else "") + sampling
 
 
 def points(runs: list[Run]) -> list[Point]:
@@ -58,8 +80,7 @@ def points(runs: list[Run]) -> list[Point]:
         sft = int(s.get("demonstrations/sft") or 0)
         expert = int(s.get("demonstrations/expert") or 0)
         sft_min, grpo_min = (float(s.get(k) or 0.0) / 60 for k in ("time/sft_s", "time/grpo_s"))
-        expert_on, sampling = grpo_setting(run)
-        with_expert = ("+expert" if expert_on else "") + ("" if sampling == "uniform" else f", {sampling}")
+        with_expert = GRPOSetting.of(run).suffix
         if sft:
             found.append(Point(run, "SFT only", "sft", sft, sft_min))
             found.append(Point(run, f"SFT+GRPO{with_expert}", "eval", sft + expert, sft_min + grpo_min))
@@ -109,12 +130,12 @@ def paired_difference(
 def difference_rows(runs: list[Run]) -> list[dict[str, Any]]:
     """SFT+GRPO minus SFT only, per number of demonstrations, GRPO setting, suite and decoding (runs whose
     held-out outcomes are on disk)."""
-    by_arm: dict[tuple[int, bool, str], list[Run]] = defaultdict(list)  # each GRPO setting apart
+    by_arm: dict[tuple[int, GRPOSetting], list[Run]] = defaultdict(list)  # each GRPO setting apart
     for run in runs:
         if run.summary.get("demonstrations/sft") and run.path is not None:
-            by_arm[(int(run.summary["demonstrations/sft"]), *grpo_setting(run))].append(run)
+            by_arm[(int(run.summary["demonstrations/sft"]), GRPOSetting.of(run))].append(run)
     rows = []
-    for (demos, expert, sampling), members in sorted(by_arm.items()):
+    for (demos, setting), members in sorted(by_arm.items()):
         for suite in ("", "transfer/"):
             for decoding in ("sampled", "greedy"):
                 try:
@@ -131,8 +152,8 @@ def difference_rows(runs: list[Run]) -> list[dict[str, Any]]:
                 rows.append(
                     {
                         "SFT demonstrations": demos,
-                        "GRPO": "with the expert" if expert else "plain",
-                        "task sampling": sampling,
+                        "GRPO": setting.expert_text,
+                        "task sampling": setting.sampling,
                         "suite": "transfer" if suite else "training suite",
                         "decoding": decoding,
                         "seeds": ",".join(str(r.seed) for r in members),

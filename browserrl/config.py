@@ -230,6 +230,12 @@ def check_grpo(cfg: DictConfig) -> None:
     if not fits_type(g.sampling_floor, float) or not 0 < g.sampling_floor <= 0.25:
         raise ConfigError("grpo.sampling_floor", f"must be in (0, 0.25], got {g.sampling_floor!r}")
     _positive_int("grpo.stop_after_idle_steps", g.stop_after_idle_steps, minimum=0)
+    weight = g.expert_sft_weight
+    if weight is not None:
+        if not fits_type(weight, float) or weight <= 0:
+            raise ConfigError("grpo.expert_sft_weight", f"must be null or a number > 0, got {weight!r}")
+        if not g.expert:
+            raise ConfigError("grpo.expert_sft_weight", "weighs the expert's episodes: set grpo.expert=true")
     if g.expert:
         missing = [t for t in cfg.suite.tasks if t not in ORACLE_TASKS]
         if missing:
@@ -238,9 +244,21 @@ def check_grpo(cfg: DictConfig) -> None:
             )
 
 
+#: Loss types under which grpo.expert_sft_weight is SFT on the expert's tokens (browserrl.grpo).
+EXPERT_WEIGHT_LOSSES = ("dapo", "cispo")
+
+
 def check_groups(cfg: DictConfig, args: GRPOConfig) -> None:
     """Whole groups on every process (the collector plays groups; TRL groups rewards by num_generations):
-    the built GRPOConfig tells steps_per_generation."""
+    the built GRPOConfig tells steps_per_generation. The expert's weight needs a loss it is exact for."""
+    exact = args.loss_type in EXPERT_WEIGHT_LOSSES and args.importance_sampling_level == "token"
+    if cfg.grpo.expert_sft_weight is not None and not exact:
+        raise ConfigError(
+            "grpo.expert_sft_weight",
+            f"needs a token-level loss normalized by the step's tokens (trainer.loss_type one of "
+            f"{', '.join(EXPERT_WEIGHT_LOSSES)}, importance_sampling_level token), got {args.loss_type} at "
+            f"level {args.importance_sampling_level}",
+        )
     per_process = args.per_device_train_batch_size * args.steps_per_generation
     if per_process % args.num_generations:
         raise ConfigError(

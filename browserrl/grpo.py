@@ -28,6 +28,18 @@ leaves [clip_min, clip_max]. An episode's ratio is exp of a sum over hundreds of
 bf16, so a small per-token drift may mask many episodes: `sampling/is_masked` logs the share masked
 (episodes in sequence modes, tokens in token modes) at every generation.
 
+Expert weight (`expert_sft_weight`, grpo.expert_sft_weight). An expert episode in a group (browserrl.groups)
+is one of a step's 32 and carries its group's advantage over all of the step's tokens (dapo's normalizer):
+its demonstration weighs a few percent of a step's gradient, where SFT's loss is the mean over the
+demonstrations' own tokens. With a weight w, the expert's rows get the advantage w x (the step's loss
+tokens) / (the expert's loss tokens, over all processes): with the ratio at 1 (one iteration per
+generation; on CPU TRL takes the old logprobs as the current ones, and the expert's sampler logprobs are
+NaN, no vLLM correction), the step's gradient then holds w x the gradient of the expert tokens' mean
+negative log-likelihood, SFT on the demonstrations, beside GRPO's term for the policy's episodes, whose
+advantages stay. With several iterations the ratio moves and clipping caps that term as it caps any
+positive advantage. Exact for the token-level losses normalized by the step's tokens (dapo, cispo), which
+browserrl.config requires.
+
 Per optimizer step the trainer logs `tokens/trained` (prompt and completion tokens it computed),
 `tokens/skipped` (rows with nothing to teach), `time/train_s` (its forwards and backwards) and
 `time/saved_s_est`: the skipped tokens and those of groups the rollout drew and dropped (`note_dropped`),
@@ -139,8 +151,13 @@ class GRPOTrainer(trl.GRPOTrainer):
     """trl.GRPOTrainer that computes no forward/backward for episodes with nothing to teach, computes each
     micro-batch without its shared padding, and scores with an LM head that projects the completion only."""
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, expert_sft_weight: float | None = None, **kwargs: Any):
+        rollout_func = kwargs.get("rollout_func")
+        if rollout_func is not None:
+            kwargs["rollout_func"] = self._marking_experts(rollout_func)
         super().__init__(*args, **kwargs)
+        self.expert_sft_weight = expert_sft_weight
+        self.expert_rows: list[bool] = []  # the latest rollout's `expert` field: its rows the oracle played
         self.step_tokens = StepTokens()
         self.last_step = StepTokens()  # the latest finished step's (StopWhenIdle reads it)
         self.trained_total = 0  # tokens over the whole run: 0 means the weights never moved
@@ -148,6 +165,16 @@ class GRPOTrainer(trl.GRPOTrainer):
     def note_dropped(self, tokens: int) -> None:
         """The rollout drew groups with nothing to teach and kept them out of this step: their tokens."""
         self.step_tokens.dropped += tokens
+
+    def _marking_experts(self, rollout_func: Any) -> Any:
+        """rollout_func, keeping which of its rows an expert played (its output's `expert` field)."""
+
+        def rollout(prompts: list[Any], trainer: GRPOTrainer) -> dict[str, Any]:
+            output = rollout_func(prompts, trainer)
+            self.expert_rows = list(output.get("expert") or [False] * len(output["prompt_ids"]))
+            return output
+
+        return rollout
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
         with compact_lm_head():
@@ -163,6 +190,8 @@ class GRPOTrainer(trl.GRPOTrainer):
     def _generate_and_score_completions(self, inputs: Any) -> dict[str, Any]:
         """TRL's, and the share of the batch its importance-sampling mask zeroed (summed over processes)."""
         output = super()._generate_and_score_completions(inputs)
+        if self.expert_sft_weight is not None and self.model.training:
+            weigh_expert(self, output, self.expert_sft_weight)
         share = masked_share(output, self.args.vllm_importance_sampling_mode)
         if share is not None:
             masked, total = sum_over_processes(self.accelerator, list(share))
@@ -227,6 +256,22 @@ class GRPOTrainer(trl.GRPOTrainer):
         if self.model.training:
             self.step_tokens.trained += tokens_of(inputs)
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+def weigh_expert(trainer: GRPOTrainer, output: dict[str, Any], weight: float) -> None:
+    """Sets the advantage of the expert's rows in a scored generation batch so that they add `weight` x
+    their tokens' mean negative log-likelihood to the step's loss (the module's docstring says when exactly).
+    Every process calls it: the expert's tokens are summed over all of them."""
+    rows = torch.tensor(trainer.expert_rows, dtype=torch.bool, device=output["advantages"].device)
+    mask = output["completion_mask"] * output.get("tool_mask", 1)
+    if rows.numel() != mask.shape[0]:
+        raise RuntimeError(f"the rollout marked {rows.numel()} rows, the scored batch has {mask.shape[0]}")
+    expert_tokens = trainer.accelerator.gather(mask[rows].sum()).sum()
+    if expert_tokens == 0:
+        return
+    advantage = weight * output["num_items_in_batch"].clamp(min=1) / expert_tokens
+    output["advantages"] = torch.where(rows, advantage.to(output["advantages"].dtype), output["advantages"])
+    record_metric(trainer, "expert/advantage", float(advantage))
 
 
 def sum_over_processes(accelerator: Any, counts: list[int]) -> list[int]:

@@ -198,6 +198,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             processing_class=tokenizer,
             peft_config=lora_config(cfg),
             rollout_func=make_rollout_func(collector, cfg),
+            expert_sft_weight=g.expert_sft_weight,
         )
         trainer.remove_callback(PrinterCallback)  # the progress bar and metrics.jsonl replace its raw dicts
         if main:  # a step's line holds every process's episodes (TRL gathers them): one writer

@@ -84,6 +84,9 @@ def test_report_draws_the_study_and_pairs_by_seed(tmp_path):
     solved["eval"] = {t: range(100, 118) for t in TASKS}  # the expert and another task sampling: 8 more
     runs.append(record(tmp_path, "sft4-expert-teaching-s1", 1, summary, solved))
     runs[-1].config["grpo"]["task_sampling"] = "teaching"
+    solved["eval"] = {t: range(100, 116) for t in TASKS}  # the expert trained as SFT, weight 1: 6 more
+    runs.append(record(tmp_path, "sft4-expert-w1-s1", 1, summary, solved))
+    runs[-1].config["grpo"]["expert_sft_weight"] = 1.0
     written = comparison.write_report(runs, tmp_path)
     assert {"rl_vs_sft", "generalization", "rl_vs_sft_table"} <= set(written)
     table = written["rl_vs_sft_table"].read_text()
@@ -93,6 +96,8 @@ def test_report_draws_the_study_and_pairs_by_seed(tmp_path):
     assert "| 40 | with the expert | teaching | training suite | sampled | 1 | 0.400 |" in table  # apart too
     assert "| sft4-expert-s1 | 1 | SFT+GRPO+expert |" in table  # its point, labelled apart
     assert "| sft4-expert-teaching-s1 | 1 | SFT+GRPO+expert, teaching |" in table
+    assert "| 40 | with the expert, SFT weight 1 | uniform | training suite | sampled | 1 | 0.300 |" in table
+    assert "| sft4-expert-w1-s1 | 1 | SFT+GRPO+expert x1 |" in table
     assert (
         comparison.write_report([Run("plain", {"seed": 0}, [], {"eval/success_rate": 1.0})], tmp_path) == {}
     )

@@ -168,6 +168,12 @@ def test_trainer_block_reaches_grpo_config(compose_cfg):
         (["grpo.sampling_floor=0"], "grpo.sampling_floor"),
         (["grpo.stop_after_idle_steps=-1"], "grpo.stop_after_idle_steps"),
         (["task=miniwob", "task.name=click-link", "grpo.expert=true"], "grpo.expert"),  # no oracle for it
+        (["grpo.expert_sft_weight=1.0"], "grpo.expert_sft_weight"),  # no expert to weigh
+        (["grpo.expert=true", "grpo.expert_sft_weight=-1"], "grpo.expert_sft_weight"),
+        (  # not exact for a per-episode mean
+            ["grpo.expert=true", "grpo.expert_sft_weight=1", "+trainer.loss_type=grpo"],
+            "grpo.expert_sft_weight",
+        ),
         (["transfer=heldout", "transfer.suite.tasks=[click-nothing]"], "transfer.suite.tasks"),
     ],
 )

@@ -160,10 +160,11 @@ def scripted_group(tokenizer, expert_last: bool) -> dict:
     return trainer_output(RolloutBatch(episodes))
 
 
-def test_an_expert_in_a_failed_group_gets_a_positive_advantage_on_its_model_turns(tmp_path):
-    """TRL scores the group: the expert's advantage is positive, the failures' negative, and the loss mask
-    is the env_mask (the expert's actions train, the page's tokens do not); on CPU its ratio is 1, so its
-    gradient is the advantage times grad log pi of its actions (the loss does not clip it)."""
+def scored_expert_group(tmp_path, **trainer_kwargs: Any) -> tuple[GRPOTrainer, Any, dict]:
+    """A GRPOTrainer on the tiny model whose rollout is `scripted_group` (the expert last), in training,
+    and TRL's scoring of that group."""
+    from datasets import Dataset
+
     from browserrl import rewards
 
     model, tokenizer = tiny_policy()
@@ -172,16 +173,21 @@ def test_an_expert_in_a_failed_group_gets_a_positive_advantage_on_its_model_turn
         output_dir=str(tmp_path), max_steps=1, use_cpu=True, report_to=[], beta=0.0, bf16=False,
         per_device_train_batch_size=4, num_generations=4, reward_weights=weights,
     )  # fmt: skip
-    from datasets import Dataset
-
     trainer = GRPOTrainer(
         model=model, reward_funcs=funcs, args=args, processing_class=tokenizer,
         train_dataset=Dataset.from_dict({"prompt": ["slot"] * 4}),
-        rollout_func=lambda prompts, trainer: scripted_group(tokenizer, expert_last=True),
+        rollout_func=lambda prompts, trainer: scripted_group(tokenizer, expert_last=True), **trainer_kwargs,
     )  # fmt: skip
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1  # set by the training loop
-    scored = trainer._generate_and_score_completions([{"prompt": "slot"} for _ in range(4)])
+    return trainer, tokenizer, trainer._generate_and_score_completions([{"prompt": "slot"} for _ in range(4)])
+
+
+def test_an_expert_in_a_failed_group_gets_a_positive_advantage_on_its_model_turns(tmp_path):
+    """TRL scores the group: the expert's advantage is positive, the failures' negative, and the loss mask
+    is the env_mask (the expert's actions train, the page's tokens do not); on CPU its ratio is 1, so its
+    gradient is the advantage times grad log pi of its actions (the loss does not clip it)."""
+    trainer, tokenizer, scored = scored_expert_group(tmp_path)
     advantages = scored["advantages"]
     assert advantages[3] > 0 and (advantages[:3] < 0).all()
     env_mask = scripted_group(tokenizer, True)["env_mask"][3]
@@ -195,6 +201,36 @@ def test_an_expert_in_a_failed_group_gets_a_positive_advantage_on_its_model_turn
     loss.backward()
     assert loss.item() < 0 and any(p.grad.any() for p in params)  # -A x (ratio 1) per token: it teaches
     assert trainer._metrics["train"]["clip_ratio/region_mean"][-1] == 0.0  # nothing clipped
+
+
+def test_the_expert_weight_makes_its_tokens_an_sft_loss_of_that_weight(tmp_path):
+    """grpo.expert_sft_weight=w: the expert's row gets the advantage w x (the step's loss tokens) / (its
+    loss tokens), and its gradient in the step's loss is w x the gradient of its actions' mean negative
+    log-likelihood, computed here directly from the model; the failures keep their group advantages."""
+    trainer, tokenizer, scored = scored_expert_group(tmp_path, expert_sft_weight=2.0)
+    advantages = scored["advantages"]
+    assert scored["num_items_in_batch"] == 16  # 4 episodes x 4 action tokens; the expert's: 4
+    assert advantages[3].item() == pytest.approx(2.0 * 16 / 4)
+    assert (advantages[:3] < 0).all()  # the failures' advantages are TRL's
+    assert trainer._metrics["train"]["expert/advantage"] == [pytest.approx(8.0)]
+
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    expert_only = {k: v[3:] if isinstance(v, torch.Tensor) and v.dim() else v for k, v in scored.items()}
+    trainer.model.zero_grad()
+    GRPOTrainer.compute_loss(trainer, trainer.model, expert_only).backward()
+    through_grpo = torch.cat([p.grad.flatten() for p in params])
+
+    trainer.model.zero_grad()
+    episode = scripted_group(tokenizer, expert_last=True)
+    prompt, completion = episode["prompt_ids"][3], episode["completion_ids"][3]
+    ids = torch.tensor([prompt + completion])
+    logps = trainer.model(input_ids=ids).logits[0, len(prompt) - 1 : -1].log_softmax(-1)
+    token_logps = logps.gather(-1, torch.tensor(completion)[:, None])[:, 0]
+    actions = torch.tensor(episode["env_mask"][3], dtype=torch.bool)
+    (2.0 * -token_logps[actions].mean()).backward()
+    as_sft = torch.cat([p.grad.flatten() for p in params])
+    assert as_sft.any()
+    torch.testing.assert_close(through_grpo, as_sft, rtol=1e-4, atol=1e-6)
 
 
 def test_a_model_loaded_in_eval_mode_plays_one_rollout_per_step_and_logs_it(tmp_path):
@@ -314,6 +350,7 @@ def test_the_importance_sampling_mask_is_counted(monkeypatch):
     trainer.args = SimpleNamespace(vllm_importance_sampling_mode="sequence_mask")
     trainer.accelerator = SimpleNamespace(num_processes=1)
     trainer.model = SimpleNamespace(training=True)
+    trainer.expert_sft_weight = None
     trainer._metrics = {"train": {"sampling/is_masked": []}}
     assert trainer._generate_and_score_completions([]) is sequence
     assert trainer._metrics["train"]["sampling/is_masked"] == [0.5]

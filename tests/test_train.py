@@ -120,6 +120,11 @@ def test_the_expert_trains_a_policy_whose_groups_all_fail(tmp_path):
     assert all(r["groups/kept"] == 2 and r["expert/episodes"] == 2 for r in steps)  # 4 episodes: 2 groups
     assert after["demonstrations/expert"] == after["demonstrations"] == 4
     assert all(r["success_rate"] == 0 for r in steps)  # the policy's own episodes: the expert's left out
+    weighted = tmp_path / "weighted"  # the expert's tokens as SFT of weight 1 (browserrl.grpo)
+    done = run_train(*common, "grpo.expert=true", "grpo.expert_sft_weight=1", f"hydra.run.dir={weighted}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    steps = [r for r in rows(weighted) if "reward" in r]
+    assert all(r["expert/advantage"] > 1 for r in steps) and adapter_update(weighted) > 0.0
 
 
 def test_two_processes_keep_one_record(tmp_path):
