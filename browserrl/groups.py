@@ -16,8 +16,8 @@ SFT warm-up most groups are all-success; from the base model, all are all-failur
   scored by the current policy in the loss like the policy's own. Their sampler logprobs are NaN (no model
   sampled them), which TRL reads as "no importance correction" (ratio 1). On CPU (no vLLM) TRL takes the old
   logprobs as the current ones, detached, so the ratio is exactly 1, clipping never binds, and the
-  gradient on an expert token is advantage x grad log pi(token): imitation weighted by the advantage, a
-  few percent of a step's gradient (`expert/token_share`); the trainer's `expert_sft_weight` gives it an
+  gradient on an expert token is advantage x grad log pi(token): imitation weighted by the advantage,
+  2-8% of a step's loss tokens (`expert/token_share`); the trainer's `expert_sft_weight` gives it an
   SFT loss of its own instead (browserrl.grpo). Each such episode is a demonstration and is counted as one
   (`expert_episodes`).
 """

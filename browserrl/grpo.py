@@ -29,16 +29,17 @@ bf16, so a small per-token drift may mask many episodes: `sampling/is_masked` lo
 (episodes in sequence modes, tokens in token modes) at every generation.
 
 Expert weight (`expert_sft_weight`, grpo.expert_sft_weight). An expert episode in a group (browserrl.groups)
-is one of a step's 32 and carries its group's advantage over all of the step's tokens (dapo's normalizer):
-its demonstration weighs a few percent of a step's gradient, where SFT's loss is the mean over the
-demonstrations' own tokens. With a weight w, the expert's rows get the advantage w x (the step's loss
-tokens) / (the expert's loss tokens, over all processes): with the ratio at 1 (one iteration per
-generation; on CPU TRL takes the old logprobs as the current ones, and the expert's sampler logprobs are
-NaN, no vLLM correction), the step's gradient then holds w x the gradient of the expert tokens' mean
-negative log-likelihood, SFT on the demonstrations, beside GRPO's term for the policy's episodes, whose
-advantages stay. With several iterations the ratio moves and clipping caps that term as it caps any
-positive advantage. Exact for the token-level losses normalized by the step's tokens (dapo, cispo), which
-browserrl.config requires.
+is one of a step's episodes (32 in the recipe) and carries its group's advantage over all of the step's
+tokens (dapo's normalizer): 2-8% of a step's loss tokens in the study (`expert/token_share`), where SFT's
+loss is the mean over the demonstrations' own tokens. With a weight w, the expert's rows get the advantage
+w x (the step's loss tokens) / (the expert's loss tokens, over all processes). With the ratio at 1 (one
+iteration per generation: on CPU TRL takes the old logprobs as the current ones; the expert's sampler
+logprobs are NaN, so no vLLM correction), the step's gradient then holds w x the gradient of the expert
+tokens' mean negative log-likelihood (SFT on the demonstrations) beside GRPO's term for the policy's
+episodes, whose advantages stay. With several iterations the ratio moves, and clipping caps that term as it
+caps any positive advantage. Exact for the token-level losses normalized by the step's tokens (dapo, cispo),
+which browserrl.config requires. Measured at w = 1 (docs/benchmarks.md, "The expert's tokens as SFT"):
+worse on the suite than no weight, from the same start; off by default.
 
 Per optimizer step the trainer logs `tokens/trained` (prompt and completion tokens it computed),
 `tokens/skipped` (rows with nothing to teach), `time/train_s` (its forwards and backwards) and

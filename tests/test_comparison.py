@@ -104,25 +104,38 @@ def test_report_draws_the_study_and_pairs_by_seed(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("folder", "seeds", "suite_sampled", "transfer_sampled"),
+    ("folder", "grpo", "seeds", "suite_sampled", "transfer_sampled"),
     [
-        ("rl_vs_sft-11steps", "0", "+0.138 [+0.062, +0.206]", "+0.039 [-0.023, +0.102]"),
-        ("rl_vs_sft-16steps", "0,1,2", "+0.154 [+0.117, +0.192]", "+0.078 [+0.047, +0.109]"),
-        ("teaching-16steps", "0", "+0.181 [+0.106, +0.256]", "+0.023 [-0.047, +0.094]"),
+        ("rl_vs_sft-11steps", "with the expert", "0", "+0.138 [+0.062, +0.206]", "+0.039 [-0.023, +0.102]"),
+        (
+            "rl_vs_sft-16steps",
+            "with the expert",
+            "0,1,2",
+            "+0.154 [+0.117, +0.192]",
+            "+0.078 [+0.047, +0.109]",
+        ),
+        ("teaching-16steps", "with the expert", "0", "+0.181 [+0.106, +0.256]", "+0.023 [-0.047, +0.094]"),
+        (
+            "expert-sft-weight-16steps",
+            "with the expert, SFT weight 1",
+            "2",
+            "+0.075 [+0.000, +0.150]",
+            "+0.117 [+0.070, +0.164]",
+        ),
     ],
 )
 def test_published_records_give_the_differences_the_docs_report(
-    folder, seeds, suite_sampled, transfer_sampled
+    folder, grpo, seeds, suite_sampled, transfer_sampled
 ):
     """docs/runs holds the records benchmarks.md's numbers come from: they load as runs and pair as written
-    there (arm sft4-grpo-expert, SFT+GRPO minus SFT only, sampled)."""
+    there (arm sft4-grpo-expert and its variants, SFT+GRPO minus SFT only, sampled)."""
     from browserrl.analysis import load_local
 
     runs = load_local(Path(__file__).resolve().parents[1] / "docs" / "runs" / folder)
     rows = {(r["suite"], r["decoding"]): r for r in comparison.difference_rows(runs)}
     suite, transfer = rows["training suite", "sampled"], rows["transfer", "sampled"]
     assert (suite["GRPO"], suite["seeds"], suite["paired episodes"]) == (
-        "with the expert",
+        grpo,
         seeds,
         160 * len(seeds.split(",")),
     )
