@@ -43,7 +43,10 @@ def test_demonstrations_train_a_loadable_checkpoint(compose_cfg, root, env_url, 
 
     assert [(d.task, d.success) for d in demos] == [(t, True) for t, _ in instances]
     enter = demos[-1]
-    assert [step["action"].split("(")[0] for step in enter.trace] == ["fill", "click"]
+    verbs = [step["action"].split("(")[0] for step in enter.trace]
+    # fill, then Submit; the oracle fills again while the observation does not show the typed value (seen
+    # once, in a `make test` on a loaded machine, 2026-12-05)
+    assert verbs[-1] == "click" and verbs[:-1] and set(verbs[:-1]) == {"fill"}
     for demo in demos:
         assert len(demo.completion_ids) == len(demo.env_mask) == len(demo.logprobs)
         taught = [t for t, m in zip(demo.completion_ids, demo.env_mask) if m]
