@@ -73,6 +73,11 @@ ZERO_ADVANTAGE = 1e-6  # |advantage| at or below this: the row has nothing to te
 PROMPT_KEYS = ("prompt_ids", "prompt_mask")
 
 
+def loss_mask(output: dict[str, Any]) -> torch.Tensor:
+    """The tokens a scored batch's loss counts: the completion's, less the env's (TRL's tool_mask)."""
+    return output["completion_mask"] * output.get("tool_mask", 1)
+
+
 def masked_share(output: dict[str, Any], mode: str) -> tuple[int, int] | None:
     """(masked, total): episodes (sequence_mask) or loss tokens (token_mask) whose importance ratio TRL set to
     zero in a scored batch; None when no ratio masks anything (no vLLM, or a truncate mode)."""
@@ -81,7 +86,7 @@ def masked_share(output: dict[str, Any], mode: str) -> tuple[int, int] | None:
         return None
     if mode.startswith("sequence"):
         return int((ratio == 0).sum()), ratio.numel()
-    mask = output["completion_mask"] * output.get("tool_mask", 1)
+    mask = loss_mask(output)
     return int(((ratio == 0) & mask.bool()).sum()), int(mask.sum())
 
 
@@ -264,7 +269,7 @@ def weigh_expert(trainer: GRPOTrainer, output: dict[str, Any], weight: float) ->
     their tokens' mean negative log-likelihood to the step's loss (the module's docstring says when exactly).
     Every process calls it: the expert's tokens are summed over all of them."""
     rows = torch.tensor(trainer.expert_rows, dtype=torch.bool, device=output["advantages"].device)
-    mask = output["completion_mask"] * output.get("tool_mask", 1)
+    mask = loss_mask(output)
     if rows.numel() != mask.shape[0]:
         raise RuntimeError(f"the rollout marked {rows.numel()} rows, the scored batch has {mask.shape[0]}")
     expert_tokens = trainer.accelerator.gather(mask[rows].sum()).sum()
