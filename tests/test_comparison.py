@@ -142,3 +142,20 @@ def test_published_records_give_the_differences_the_docs_report(
     assert f"{suite['SFT+GRPO - SFT']:+.3f} {suite['95% interval']}" == suite_sampled
     assert f"{transfer['SFT+GRPO - SFT']:+.3f} {transfer['95% interval']}" == transfer_sampled
     assert transfer["paired episodes"] == 128 * len(seeds.split(","))
+
+
+def test_published_sft_epochs_record_pairs_with_the_seed_0_run_as_the_docs_report():
+    """docs/runs/sft-epochs: the 2-epoch SFT policy is the seed-0 record's start, episode for episode, and
+    the 8-epoch SFT-only policy beats that record's GRPO policy on the same pages (benchmarks.md)."""
+    runs = Path(__file__).resolve().parents[1] / "docs" / "runs"
+    epochs, grpo = runs / "sft-epochs" / "sft4-s0", runs / "rl_vs_sft-16steps" / "cpu-sft4-expert-grpo16-s0"
+    for decoding in ("sampled", "greedy"):
+        for prefix in ("", "transfer/"):
+            start = comparison.outcomes(grpo, f"{prefix}sft", decoding)
+            assert comparison.outcomes(epochs, f"{prefix}sft2", decoding) == start
+    reported = {"sampled": "+0.113 [+0.062, +0.163]", "greedy": "+0.106 [+0.056, +0.156]"}
+    for decoding, text in reported.items():
+        d = comparison.paired_difference(
+            [(comparison.outcomes(grpo, "eval", decoding), comparison.outcomes(epochs, "sft8", decoding))]
+        )
+        assert f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}]" == text
