@@ -275,12 +275,15 @@ def warm_started(cfg: DictConfig, run_dir: Path) -> DictConfig:
 def checkpoint_config(path: Path) -> DictConfig:
     """The resolved run config saved with a checkpoint: `final/config.yaml`, or for
     `checkpoints/checkpoint-N` (the trainer's own checkpoints do not carry it) the run dir's, warm-started as
-    the run's GRPO was."""
+    the run's GRPO was. For the SFT checkpoint itself (`RUN/sft/final`) the run dir's as composed: its
+    `model` is the base the warm-up started from, so an evaluation's base row is that model, not the
+    checkpoint a second time."""
     if (path / "config.yaml").exists():
         return OmegaConf.load(path / "config.yaml")
     run_dir = path.parent.parent
     if (run_dir / "config.yaml").exists():
-        return warm_started(OmegaConf.load(run_dir / "config.yaml"), run_dir)
+        saved = OmegaConf.load(run_dir / "config.yaml")
+        return saved if path.parent.name == SFT_DIR else warm_started(saved, run_dir)
     raise FileNotFoundError(f"no config.yaml in {path} or its run dir: not a browserrl checkpoint")
 
 

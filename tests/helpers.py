@@ -43,13 +43,13 @@ def tiny_llama() -> LlamaForCausalLM:
 
 
 def run_train(
-    *args: str, timeout: int = 600, launcher: list[str] | None = None
+    *args: str, timeout: int = 600, launcher: list[str] | None = None, script: str = "train.py"
 ) -> subprocess.CompletedProcess:
-    """`python train.py ARGS` (or `LAUNCHER train.py ARGS`, e.g. torchrun) from the repo root; W&B without a
-    key (offline), output captured."""
+    """`python train.py ARGS` (or `LAUNCHER train.py ARGS`, e.g. torchrun; or another of the repo's Hydra
+    scripts) from the repo root; W&B without a key (offline), output captured."""
     env = {**os.environ, "WANDB_API_KEY": "", "WANDB_SILENT": "true"}
     return subprocess.run(
-        [*(launcher or [sys.executable]), "train.py", *args],
+        [*(launcher or [sys.executable]), script, *args],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
-from helpers import ROOT, TINY
+from helpers import TINY, run_train
 from omegaconf import OmegaConf, open_dict
 
 from browserrl.build import demonstrator
@@ -72,32 +69,28 @@ def test_demonstrations_train_a_loadable_checkpoint(compose_cfg, root, env_url, 
     step = tmp_path / "checkpoints" / "checkpoint-1"
     step.mkdir(parents=True)
     assert checkpoint_config(step).model.name_or_path == str(final)
+    # the SFT checkpoint itself: its base is the model the warm-up started from (an evaluation's base row)
+    assert checkpoint_config(final).model.name_or_path == cfg.model.name_or_path
 
 
 @pytest.mark.browser
 @pytest.mark.slow
 def test_sft_warmup_script_leaves_a_checkpoint_evaluate_reads(tmp_path):
     """scripts/sft_warmup.py on its own, as a user runs it: its sft/final is a browserrl checkpoint (the run
-    dir's config.yaml, warm-started), so scripts/evaluate.py and load_checkpoint take it."""
-    done = subprocess.run(
-        [
-            sys.executable,
-            "scripts/sft_warmup.py",
-            *TINY,
-            "sft=oracle",
-            "sft.tasks=[click-test]",
-            "sft.episodes_per_task=1",
-            "+sft.trainer.max_steps=1",
-            "logger=none",
-            f"hydra.run.dir={tmp_path}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    dir's config.yaml), so scripts/evaluate.py and load_checkpoint take it; its base is the model the
+    warm-up started from."""
+    done = run_train(
+        *TINY,
+        "sft=oracle",
+        "sft.tasks=[click-test]",
+        "sft.episodes_per_task=1",
+        "+sft.trainer.max_steps=1",
+        "logger=none",
+        f"hydra.run.dir={tmp_path}",
+        script="scripts/sft_warmup.py",
     )
     assert done.returncode == 0, done.stderr[-3000:]
     final = tmp_path / SFT_DIR / "final"
-    assert checkpoint_config(final).model.name_or_path == str(final)
+    assert checkpoint_config(final).model == OmegaConf.load(tmp_path / "config.yaml").model  # base: not final
     model, _, _ = load_checkpoint(final)
     assert type(model).__name__ == "Lfm2ForCausalLM"
