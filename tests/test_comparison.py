@@ -122,6 +122,7 @@ def test_report_draws_the_study_and_pairs_by_seed(tmp_path):
             "+0.075 [+0.000, +0.150]",
             "+0.117 [+0.070, +0.164]",
         ),
+        ("sft8-16steps", "with the expert", "1", "+0.163 [+0.106, +0.219]", "+0.070 [+0.023, +0.117]"),
     ],
 )
 def test_published_records_give_the_differences_the_docs_report(
