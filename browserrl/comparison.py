@@ -71,6 +71,18 @@ class GRPOSetting(NamedTuple):
         return ("+expert" + weight if self.expert else "") + sampling
 
 
+def sft_epochs(run: Run) -> float | None:
+    """The SFT warm-up's epochs over its demonstrations (None: not recorded): 2 and 8 epochs over the same
+    40 episodes are different imitation baselines (docs/benchmarks.md), so they are never pooled."""
+    epochs = run.config.get("sft", {}).get("trainer", {}).get("num_train_epochs")
+    return float(epochs) if epochs is not None else None
+
+
+def _epochs_text(epochs: float | None) -> str:
+    """A label's tail: ', 8 SFT epochs' ('' where the record does not say)."""
+    return "" if epochs is None else f", {epochs:g} SFT epochs"
+
+
 def points(runs: list[Run]) -> list[Point]:
     """Each run's two policies: its start (the base model, or its SFT checkpoint) and its GRPO result (runs
     that record their demonstrations: older records say nothing of what they cost)."""
@@ -82,8 +94,11 @@ def points(runs: list[Run]) -> list[Point]:
         sft_min, grpo_min = (float(s.get(k) or 0.0) / 60 for k in ("time/sft_s", "time/grpo_s"))
         with_expert = GRPOSetting.of(run).suffix
         if sft:
-            found.append(Point(run, "SFT only", "sft", sft, sft_min))
-            found.append(Point(run, f"SFT+GRPO{with_expert}", "eval", sft + expert, sft_min + grpo_min))
+            epochs = _epochs_text(sft_epochs(run))
+            found.append(Point(run, f"SFT only{epochs}", "sft", sft, sft_min))
+            found.append(
+                Point(run, f"SFT+GRPO{with_expert}{epochs}", "eval", sft + expert, sft_min + grpo_min)
+            )
         else:
             arm = f"GRPO{with_expert}"
             found.append(Point(run, "base", "base", 0, 0.0))
@@ -128,14 +143,15 @@ def paired_difference(
 
 
 def difference_rows(runs: list[Run]) -> list[dict[str, Any]]:
-    """SFT+GRPO minus SFT only, per number of demonstrations, GRPO setting, suite and decoding (runs whose
-    held-out outcomes are on disk)."""
-    by_arm: dict[tuple[int, GRPOSetting], list[Run]] = defaultdict(list)  # each GRPO setting apart
+    """SFT+GRPO minus SFT only, per number of demonstrations, SFT epochs, GRPO setting, suite and decoding
+    (runs whose held-out outcomes are on disk)."""
+    by_arm: dict[tuple[int, float | None, GRPOSetting], list[Run]] = defaultdict(list)  # each setting apart
     for run in runs:
         if run.summary.get("demonstrations/sft") and run.path is not None:
-            by_arm[(int(run.summary["demonstrations/sft"]), GRPOSetting.of(run))].append(run)
+            by_arm[(int(run.summary["demonstrations/sft"]), sft_epochs(run), GRPOSetting.of(run))].append(run)
     rows = []
-    for (demos, setting), members in sorted(by_arm.items()):
+    arms = sorted(by_arm.items(), key=lambda arm: (arm[0][0], arm[0][1] or 0.0, arm[0][2]))
+    for (demos, epochs, setting), members in arms:
         for suite in ("", "transfer/"):
             for decoding in ("sampled", "greedy"):
                 try:
@@ -152,6 +168,7 @@ def difference_rows(runs: list[Run]) -> list[dict[str, Any]]:
                 rows.append(
                     {
                         "SFT demonstrations": demos,
+                        "SFT epochs": None if epochs is None else f"{epochs:g}",
                         "GRPO": setting.expert_text,
                         "task sampling": setting.sampling,
                         "suite": "transfer" if suite else "training suite",

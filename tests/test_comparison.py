@@ -31,6 +31,7 @@ def record(
         "lora": {"r": 16},
         "seed": seed,
         "grpo": {"expert": "expert" in name},
+        "sft": {"trainer": {"num_train_epochs": 2}},
     }
     return Run(name, config, [], summary, folder)
 
@@ -87,17 +88,26 @@ def test_report_draws_the_study_and_pairs_by_seed(tmp_path):
     solved["eval"] = {t: range(100, 116) for t in TASKS}  # the expert trained as SFT, weight 1: 6 more
     runs.append(record(tmp_path, "sft4-expert-w1-s1", 1, summary, solved))
     runs[-1].config["grpo"]["expert_sft_weight"] = 1.0
+    solved["eval"] = {t: range(100, 114) for t in TASKS}  # 8 SFT epochs, else as sft4-expert-s1: 4 more
+    runs.append(record(tmp_path, "sft4e8-expert-s1", 1, summary, solved))
+    runs[-1].config["sft"]["trainer"]["num_train_epochs"] = 8
     written = comparison.write_report(runs, tmp_path)
     assert {"rl_vs_sft", "generalization", "rl_vs_sft_table"} <= set(written)
     table = written["rl_vs_sft_table"].read_text()
-    assert "| 40 | plain | uniform | training suite | sampled | 0,1 | 0.250 |" in table  # 5 of 20 more
-    assert "| 40 | plain | uniform | transfer | greedy | 0,1 | 0.025 |" in table
-    assert "| 40 | with the expert | uniform | training suite | sampled | 1 | 0.500 |" in table  # apart
-    assert "| 40 | with the expert | teaching | training suite | sampled | 1 | 0.400 |" in table  # apart too
-    assert "| sft4-expert-s1 | 1 | SFT+GRPO+expert |" in table  # its point, labelled apart
-    assert "| sft4-expert-teaching-s1 | 1 | SFT+GRPO+expert, teaching |" in table
-    assert "| 40 | with the expert, SFT weight 1 | uniform | training suite | sampled | 1 | 0.300 |" in table
-    assert "| sft4-expert-w1-s1 | 1 | SFT+GRPO+expert x1 |" in table
+    assert "| 40 | 2 | plain | uniform | training suite | sampled | 0,1 | 0.250 |" in table  # 5 of 20 more
+    assert "| 40 | 2 | plain | uniform | transfer | greedy | 0,1 | 0.025 |" in table
+    assert "| 40 | 2 | with the expert | uniform | training suite | sampled | 1 | 0.500 |" in table  # apart
+    assert (
+        "| 40 | 2 | with the expert | teaching | training suite | sampled | 1 | 0.400 |" in table
+    )  # apart too
+    assert "| sft4-expert-s1 | 1 | SFT+GRPO+expert, 2 SFT epochs |" in table  # its point, labelled apart
+    assert "| sft4-expert-teaching-s1 | 1 | SFT+GRPO+expert, teaching, 2 SFT epochs |" in table
+    assert (
+        "| 40 | 2 | with the expert, SFT weight 1 | uniform | training suite | sampled | 1 | 0.300 |" in table
+    )
+    assert "| sft4-expert-w1-s1 | 1 | SFT+GRPO+expert x1, 2 SFT epochs |" in table
+    assert "| 40 | 8 | with the expert | uniform | training suite | sampled | 1 | 0.200 |" in table  # apart
+    assert "| sft4e8-expert-s1 | 1 | SFT only, 8 SFT epochs |" in table
     assert (
         comparison.write_report([Run("plain", {"seed": 0}, [], {"eval/success_rate": 1.0})], tmp_path) == {}
     )
