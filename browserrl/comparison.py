@@ -182,6 +182,33 @@ def difference_rows(runs: list[Run]) -> list[dict[str, Any]]:
     return rows
 
 
+def task_rows(runs: list[Run], decoding: str = "sampled") -> list[dict[str, Any]]:
+    """Where a difference comes from: a row per (suite, task), a column per run with an SFT start, the
+    held-out seeds its SFT-only policy and its GRPO policy solved ("5 -> 14"), from heldout/."""
+    table: dict[tuple[str, str], dict[str, Any]] = {}
+    for run in runs:
+        if not run.summary.get("demonstrations/sft") or run.path is None:
+            continue
+        for suite in ("", "transfer/"):
+            try:
+                start = outcomes(run.path, f"{suite}sft", decoding)
+                end = outcomes(run.path, f"{suite}eval", decoding)
+            except FileNotFoundError:
+                continue
+            for task in sorted({task for task, _ in start}):
+                seeds = [key for key in start if key[0] == task]
+                row = table.setdefault(
+                    (suite, task),
+                    {
+                        "suite": "transfer" if suite else "training suite",
+                        "task": task,
+                        "held-out seeds": len(seeds),
+                    },
+                )
+                row[run.name] = f"{sum(start[k] for k in seeds)} -> {sum(end[k] for k in seeds)}"
+    return [table[key] for key in sorted(table)]
+
+
 def point_rows(found: list[Point]) -> list[dict[str, Any]]:
     return [
         {
@@ -300,6 +327,8 @@ def write_report(runs: list[Run], out_dir: str | Path) -> dict[str, Path]:
             "\nSFT+GRPO minus SFT only, paired by (training seed, task, held-out seed); 95% percentile "
             "bootstrap over held-out seeds within each (training seed, task) (browserrl/comparison.py):\n\n"
             + markdown_table(diffs)
+            + "\nHeld-out seeds solved per task, SFT only -> SFT+GRPO (sampled):\n\n"
+            + markdown_table(task_rows(runs))
             if diffs
             else ""
         )

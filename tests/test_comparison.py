@@ -108,6 +108,8 @@ def test_report_draws_the_study_and_pairs_by_seed(tmp_path):
     assert "| sft4-expert-w1-s1 | 1 | SFT+GRPO+expert x1, 2 SFT epochs |" in table
     assert "| 40 | 8 | with the expert | uniform | training suite | sampled | 1 | 0.200 |" in table  # apart
     assert "| sft4e8-expert-s1 | 1 | SFT only, 8 SFT epochs |" in table
+    row = "| training suite | t1 | 20 | 10 -> 15 | 10 -> 15 | 10 -> 20 | 10 -> 18 | 10 -> 16 | 10 -> 14 |"
+    assert row in table  # a column per run, in the order given
     assert (
         comparison.write_report([Run("plain", {"seed": 0}, [], {"eval/success_rate": 1.0})], tmp_path) == {}
     )
@@ -170,3 +172,30 @@ def test_published_sft_epochs_record_pairs_with_the_seed_0_run_as_the_docs_repor
             [(comparison.outcomes(grpo, "eval", decoding), comparison.outcomes(epochs, "sft8", decoding))]
         )
         assert f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}]" == text
+
+
+def test_notebook_draws_the_published_study():
+    """notebooks/rl_vs_sft runs top to bottom on the published records (no env var): the two plots, the
+    three tables, the 2- and 8-epoch arms apart; its .ipynb and .py hold the same cells."""
+    import jupytext
+    import nbformat
+    from nbclient import NotebookClient
+
+    root = Path(__file__).resolve().parents[1]
+    path = root / "notebooks" / "rl_vs_sft"
+    notebook = nbformat.read(path.with_suffix(".ipynb"), as_version=4)
+    paired = jupytext.read(path.with_suffix(".py"))
+    assert [c.source for c in notebook.cells] == [c.source for c in paired.cells], "run `jupytext --sync`"
+    NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(root)}}
+    ).execute()
+    outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2
+    points, differences, tasks = (
+        o.data["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})
+    )
+    assert "| cpu-sft4e8-expert-grpo16-s1 | 1 | SFT+GRPO+expert, learning, 8 SFT epochs |" in points
+    assert "| 40 | 2 | with the expert | learning | training suite | sampled | 0,1,2 | 0.154 |" in differences
+    assert "| 40 | 8 | with the expert | learning | training suite | sampled | 1 | 0.163 |" in differences
+    assert "| training suite | choose-list | 16 | 2 -> 3 | 3 -> 3 | 3 -> 3 | 3 -> 11 |" in tasks  # e8: last
