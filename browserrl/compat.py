@@ -16,6 +16,9 @@ browserrl/env/compat.py: the env folder ships alone.)
   TRL's own counter (`_step`).
 - `transformers.Trainer.log` on a GRPOTrainer (`log_line`): GRPOTrainer's `log` would add the step's training
   metrics, which it clears only after the callbacks return, to a held-out evaluation's line.
+- The key/value cache's name in transformers (`CACHE`, `cache_of`): 5.25 renamed generate's and the models'
+  `past_key_values` to `cache` (the old name warns on every call, and leaves generate in 6.0 and the
+  models' forward in 5.40); releases before the rename know only the old one.
 - torch tensors' in-place version counter (`weights_version`): the prefix cache knows the weights changed
   (an optimizer step writes in place) without hashing them.
 - TRL's colocated vLLM engine (`vllm_engine_options`, `sync_by_reload`). TRL 1.16 builds `vllm.LLM` with no
@@ -32,17 +35,18 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 import trl.trainer.utils as trl_utils
-from transformers import Trainer
+from transformers import GenerationMixin, Trainer
 
 #: package -> (the version this was read against, the range it is taken to hold for).
 TESTED = {
     "trl": ("1.16.0", ">=1.16,<1.17"),  # pyproject pins it
-    "transformers": ("5.24.0", ">=5.0,<6"),
+    "transformers": ("5.25.0", ">=5.0,<6"),
     "torch": ("2.13.0", ">=2.4,<3"),
 }
 #: Checked only where installed: `sync_by_reload` reaches into vLLM's CPU build (`make test-vllm`'s venv).
@@ -53,10 +57,19 @@ TESTED_OPTIONAL = {
 #: trl.GRPOTrainer's private methods browserrl.grpo.GRPOTrainer overrides.
 GRPO_OVERRIDES = ("_prepare_inputs", "_generate_and_score_completions")
 
+#: The keyword generate takes a key/value cache by, in the installed transformers.
+CACHE = (
+    "cache"
+    if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
+    else "past_key_values"
+)
+
 __all__ = [
+    "CACHE",
     "GRPO_OVERRIDES",
     "TESTED",
     "TESTED_OPTIONAL",
+    "cache_of",
     "compact_lm_head",
     "log_line",
     "micro_batches",
@@ -91,6 +104,11 @@ def record_metric(trainer: Any, key: str, value: float) -> None:
 def micro_batches(trainer: Any) -> int:
     """TRL's count of micro-batches trained (a step ends when it is a multiple of the accumulation steps)."""
     return trainer._step
+
+
+def cache_of(output: Any) -> Any:
+    """The key/value cache a model's forward or generate returned, by its name in the installed version."""
+    return getattr(output, CACHE)
 
 
 def log_line(trainer: Any, logs: dict[str, float]) -> None:

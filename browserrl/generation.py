@@ -20,7 +20,7 @@ from peft import PeftModel
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
-from browserrl.compat import weights_version
+from browserrl.compat import CACHE, cache_of, weights_version
 
 
 @dataclass
@@ -196,13 +196,11 @@ class HFGenerator:
         seqs = [c[:-1] for c in shared]  # the last token is fed by generate, which needs its logits
         ids, mask = self._batch(seqs, device)
         out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
-        if not reusable(out.past_key_values):
+        if not reusable(cache_of(out)):
             self.prefixes = None
             return
         width = ids.shape[1]
-        self.prefixes.update(
-            [], rows_of(out.past_key_values, [(i, width - len(s), s) for i, s in enumerate(seqs)])
-        )
+        self.prefixes.update([], rows_of(cache_of(out), [(i, width - len(s), s) for i, s in enumerate(seqs)]))
 
     def _cache_for(self, contexts: list[list[int]], found: list[Prefix | None], width: int) -> Any:
         """A DynamicCache of the batch's first `cached` columns, each row's from its entry; None if none."""
@@ -243,12 +241,12 @@ class HFGenerator:
             out = model.generate(
                 input_ids=input_ids,
                 attention_mask=attention,
-                past_key_values=cache,
                 max_new_tokens=max_new_tokens,
                 eos_token_id=self.eot_id,
                 pad_token_id=self.pad_id,
                 output_logits=True,
                 return_dict_in_generate=True,
+                **{CACHE: cache},
                 **sampling,
             )
         width = input_ids.shape[1]
@@ -257,7 +255,7 @@ class HFGenerator:
         logprobs = torch.log_softmax(logits, dim=-1).gather(-1, new_ids.unsqueeze(-1)).squeeze(-1)
         turns = [split_turn(ids, lps, self.eot_id) for ids, lps in zip(new_ids.tolist(), logprobs.tolist())]
         if self.prefixes is not None:
-            self._keep(contexts, turns, found, out.past_key_values, width, new_ids.shape[1])
+            self._keep(contexts, turns, found, cache_of(out), width, new_ids.shape[1])
         return turns
 
     def _keep(

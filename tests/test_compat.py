@@ -57,6 +57,24 @@ def test_trl_names_are_where_they_were():
     assert list(inspect.signature(Trainer.log).parameters)[:2] == ["self", "logs"]
 
 
+def test_the_cache_goes_by_the_name_generate_and_its_outputs_use():
+    """compat.CACHE: generate takes the cache by it without a deprecation warning, and returns it under it."""
+    import warnings
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2)  # fmt: skip
+    model = LlamaForCausalLM(config).eval()
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        first = compat.cache_of(model(input_ids=ids[:, :2]))
+        out = model.generate(input_ids=ids, max_new_tokens=2, do_sample=False, pad_token_id=0,
+                             return_dict_in_generate=True, **{compat.CACHE: first})  # fmt: skip
+    assert compat.cache_of(out).get_seq_length() == 4  # 3 given + 2 generated, the last not yet encoded
+
+
 def test_weights_version_moves_with_an_in_place_write():
     layer = torch.nn.Linear(2, 2)
     before = compat.weights_version(layer)
