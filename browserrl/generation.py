@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
 from browserrl.compat import CACHE, cache_of, weights_version
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -195,9 +198,11 @@ class HFGenerator:
             return
         seqs = [c[:-1] for c in shared]  # the last token is fed by generate, which needs its logits
         ids, mask = self._batch(seqs, device)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        # use_cache: a model's forward defaults to config.use_cache, which transformers' Trainer sets to False
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         if not reusable(cache_of(out)):
-            self.prefixes = None
+            self._stop_reuse(cache_of(out))
             return
         width = ids.shape[1]
         self.prefixes.update([], rows_of(cache_of(out), [(i, width - len(s), s) for i, s in enumerate(seqs)]))
@@ -246,6 +251,7 @@ class HFGenerator:
                 pad_token_id=self.pad_id,
                 output_logits=True,
                 return_dict_in_generate=True,
+                use_cache=True,
                 **{CACHE: cache},
                 **sampling,
             )
@@ -258,6 +264,11 @@ class HFGenerator:
             self._keep(contexts, turns, found, cache_of(out), width, new_ids.shape[1])
         return turns
 
+    def _stop_reuse(self, cache: Any) -> None:
+        """No more prefix reuse for this generator: every turn encodes its whole episode again, said once."""
+        self.prefixes = None
+        log.info("prefix reuse off: the model returned %s, not a plain DynamicCache", type(cache).__name__)
+
     def _keep(
         self,
         contexts: list[list[int]],
@@ -269,7 +280,7 @@ class HFGenerator:
     ) -> None:
         """Store each row's sequence as far as the cache holds it: all but the last generated column."""
         if not reusable(cache):
-            self.prefixes = None
+            self._stop_reuse(cache)
             return
         rows = [
             (i, width - len(context), (context + turn.ids)[: len(context) + generated - 1])

@@ -72,7 +72,8 @@ def test_the_cache_goes_by_the_name_generate_and_its_outputs_use():
         first = compat.cache_of(model(input_ids=ids[:, :2]))
         out = model.generate(input_ids=ids, max_new_tokens=2, do_sample=False, pad_token_id=0,
                              return_dict_in_generate=True, **{compat.CACHE: first})  # fmt: skip
-    assert compat.cache_of(out).get_seq_length() == 4  # 3 given + 2 generated, the last not yet encoded
+    assert compat.cache_of(out) is first  # generate extended the cache it was given, not a new one
+    assert first.get_seq_length() == 4  # 3 given + 2 generated, the last not yet encoded
 
 
 def test_weights_version_moves_with_an_in_place_write():

@@ -57,6 +57,17 @@ def test_cached_turns_equal_uncached_turns(llama, bf16):
     assert fed_cached < fed_plain / 3  # the shared prompt once, then only each turn's new tokens
 
 
+def test_reuse_holds_in_a_trainer_whose_config_says_no_cache():
+    """transformers' Trainer sets model.config.use_cache = False (TrainingArguments.use_cache): the group's
+    shared prompt must still be encoded once into a cache, and later turns reuse it."""
+    model = tiny_llama()
+    model.config.use_cache = False
+    plain, fed_plain = play(model, reuse=False)
+    cached, fed_cached = play(model, reuse=True)
+    assert [[t.ids for t in turn] for turn in cached] == [[t.ids for t in turn] for turn in plain]
+    assert fed_cached < fed_plain / 3
+
+
 def test_cache_empties_when_the_weights_change(llama):
     generator = HFGenerator(llama, PAD, EOT, SamplingParams(0.7))
     context = list(range(2, 30))
