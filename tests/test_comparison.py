@@ -199,3 +199,27 @@ def test_notebook_draws_the_published_study():
     assert "| 40 | 2 | with the expert | learning | training suite | sampled | 0,1,2 | 0.154 |" in differences
     assert "| 40 | 8 | with the expert | learning | training suite | sampled | 1 | 0.163 |" in differences
     assert "| training suite | choose-list | 16 | 2 -> 3 | 3 -> 3 | 3 -> 3 | 3 -> 11 |" in tasks  # e8: last
+
+
+def test_published_seed_2_record_pairs_with_seed_1_as_the_docs_report():
+    """docs/runs/sft8-16steps-s2: the GRPO policy's outcomes come from scripts/evaluate.py on the run's last
+    checkpoint (the run did not end); paired with its own SFT start and pooled with seed 1 (benchmarks.md)."""
+    runs = Path(__file__).resolve().parents[1] / "docs" / "runs"
+    seed1 = runs / "sft8-16steps" / "cpu-sft4e8-expert-grpo16-s1"
+    seed2 = runs / "sft8-16steps-s2" / "cpu-sft4e8-expert-grpo16-s2"
+    reported = {  # (prefix, decoding): (seed 2 alone, seeds 1 and 2)
+        ("", "sampled"): ("+0.031 [-0.031, +0.094]", "+0.097 [+0.056, +0.138]"),
+        ("", "greedy"): ("+0.062 [+0.025, +0.100]", "+0.109 [+0.075, +0.144]"),
+        ("transfer/", "sampled"): ("+0.008 [-0.031, +0.055]", "+0.039 [+0.008, +0.070]"),
+        ("transfer/", "greedy"): ("+0.000 [-0.023, +0.023]", "+0.020 [+0.000, +0.043]"),
+    }
+    for (prefix, decoding), texts in reported.items():
+        pairs = [
+            (
+                comparison.outcomes(run, f"{prefix}sft", decoding),
+                comparison.outcomes(run, f"{prefix}eval", decoding),
+            )
+            for run in (seed1, seed2)
+        ]
+        alone, pooled = comparison.paired_difference(pairs[1:]), comparison.paired_difference(pairs)
+        assert tuple(f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}]" for d in (alone, pooled)) == texts
