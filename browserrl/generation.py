@@ -200,12 +200,12 @@ class HFGenerator:
         ids, mask = self._batch(seqs, device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         # use_cache: a model's forward defaults to config.use_cache, which transformers' Trainer sets to False
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        if not reusable(cache_of(out)):
-            self._stop_reuse(cache_of(out))
+        cache = cache_of(model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True))
+        if not reusable(cache):
+            self._stop_reuse(cache)
             return
         width = ids.shape[1]
-        self.prefixes.update([], rows_of(cache_of(out), [(i, width - len(s), s) for i, s in enumerate(seqs)]))
+        self.prefixes.update([], rows_of(cache, [(i, width - len(s), s) for i, s in enumerate(seqs)]))
 
     def _cache_for(self, contexts: list[list[int]], found: list[Prefix | None], width: int) -> Any:
         """A DynamicCache of the batch's first `cached` columns, each row's from its entry; None if none."""

@@ -61,17 +61,22 @@ def test_the_cache_goes_by_the_name_generate_and_its_outputs_use():
     """compat.CACHE: generate takes the cache by it without a deprecation warning, and returns it under it."""
     import warnings
 
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from helpers import PAD, tiny_llama
 
-    config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2)  # fmt: skip
-    model = LlamaForCausalLM(config).eval()
-    ids = torch.tensor([[1, 2, 3]])
+    model = tiny_llama().eval()
+    ids = torch.tensor([[2, 3, 4]])
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
         first = compat.cache_of(model(input_ids=ids[:, :2]))
-        out = model.generate(input_ids=ids, max_new_tokens=2, do_sample=False, pad_token_id=0,
-                             return_dict_in_generate=True, **{compat.CACHE: first})  # fmt: skip
+        out = model.generate(
+            input_ids=ids,
+            max_new_tokens=2,
+            min_new_tokens=2,  # tiny_llama's end-of-turn must not stop it early
+            do_sample=False,
+            pad_token_id=PAD,
+            return_dict_in_generate=True,
+            **{compat.CACHE: first},
+        )
     assert compat.cache_of(out) is first  # generate extended the cache it was given, not a new one
     assert first.get_seq_length() == 4  # 3 given + 2 generated, the last not yet encoded
 
