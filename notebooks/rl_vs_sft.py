@@ -23,7 +23,7 @@
 #
 # Set `BROWSERRL_RUNS` to one or more folders (a `-m` sweep, or folders of run folders), separated by
 # `:`; without it the published records of the study's default arm are read, at 2 SFT epochs
-# (`docs/runs/rl_vs_sft-16steps`, seeds 0-2) and at 8 (`docs/runs/sft8-16steps`, seed 1). Runs of
+# (`docs/runs/rl_vs_sft-16steps`, seeds 0-2) and at 8 (`docs/runs/sft8-16steps`, seeds 0, 1). Runs of
 # different settings (SFT demonstrations and epochs, expert, task sampling) are never pooled.
 
 # %%
