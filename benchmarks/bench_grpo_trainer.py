@@ -8,13 +8,16 @@ oracle's episodes are what SFT teaches, so their lengths are the warm-started po
 trains the same steps on those episodes, replayed by its rollout_func, so the timed part is the trainer's own
 (forward/backward, optimizer) on identical inputs. Trainers: `trl`, TRL's as it is (every micro-batch at the
 step's padded width, the LM head over every position on CPU); `own-width`, TRL's with each micro-batch cut
-to its own length (browserrl.grpo.trim_padding); `browserrl`, that and the compact LM head
-(browserrl.compat.compact_lm_head). Extra arguments are train.py overrides (default: +experiment=cpu_suite).
+to its own length (browserrl.grpo.trim_padding); `completion-head`, that and the compact LM head
+(browserrl.compat.compact_lm_head) over the whole completion, the env's observations included (browserrl's
+until 2026-12-07); `browserrl`, the compact head over the model's turns only (compat.loss_tokens_only).
+Extra arguments are train.py overrides (default: +experiment=cpu_suite).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -25,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
+from unittest import mock
 
 import trl
 from datasets import Dataset
@@ -54,8 +58,17 @@ class OwnWidth(grpo.GRPOTrainer):
         return trl.GRPOTrainer.train(self, *args, **kwargs)
 
 
+class CompletionHead(grpo.GRPOTrainer):
+    """browserrl's trainer with the compact LM head over the whole completion, the env's tokens included."""
+
+    def compute_loss(self, *args: Any, **kwargs: Any) -> Any:
+        with mock.patch.object(grpo, "loss_tokens_only", lambda model, mask: contextlib.nullcontext()):
+            return super().compute_loss(*args, **kwargs)
+
+
 TRAINERS: dict[str, Callable[..., trl.GRPOTrainer]] = {
     "browserrl": grpo.GRPOTrainer,
+    "completion-head": CompletionHead,
     "own-width": OwnWidth,
     "trl": trl.GRPOTrainer,
 }

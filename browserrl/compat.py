@@ -10,7 +10,9 @@ browserrl/env/compat.py: the env folder ships alone.)
   turns (a few percent of an episode) and GRPO's the completion, yet the 49k-way projection and its
   backward ran on every token. TRL reads that choice from `trl.trainer.utils._use_triton`, which decides
   nothing else in that module; the log-probabilities, losses and gradients are the same
-  (tests/test_lm_head.py), the time saved is in docs/benchmarks.md.
+  (tests/test_lm_head.py), the time saved is in docs/benchmarks.md. GRPO's loss reads a multi-turn episode's
+  model turns only, yet TRL labels its whole completion, the env's observations included (most of its tokens):
+  `loss_tokens_only` takes those out of the labels TRL hands the model, so the compact head skips them too.
 - TRL GRPOTrainer's internals (browserrl.grpo): its subclass overrides `_prepare_inputs` and
   `_generate_and_score_completions`, adds to the step's metrics (`_metrics`) and counts micro-batches with
   TRL's own counter (`_step`).
@@ -72,6 +74,7 @@ __all__ = [
     "cache_of",
     "compact_lm_head",
     "log_line",
+    "loss_tokens_only",
     "micro_batches",
     "record_metric",
     "sync_by_reload",
@@ -93,6 +96,31 @@ def compact_lm_head() -> Iterator[None]:
         yield
     finally:
         trl_utils._use_triton = original
+
+
+@contextlib.contextmanager
+def loss_tokens_only(model: torch.nn.Module, mask: torch.Tensor) -> Iterator[None]:
+    """Within the block, the labels TRL's GRPO loss passes `model` (one micro-batch, its completion the last
+    `mask.shape[1]` columns) leave out the completion's positions where `mask` is 0: the compact LM head
+    then projects the tokens the loss reads, not the env's. Their log-probabilities come back as 0, and the
+    loss and TRL's metrics multiply them by that mask."""
+
+    def unlabel(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        labels = kwargs.get("labels")
+        if labels is None:
+            return None
+        if labels.shape[0] != mask.shape[0]:
+            raise RuntimeError(f"TRL scored {labels.shape[0]} rows at once, the micro-batch has {len(mask)}")
+        labels = labels.clone()
+        completion = labels[:, -mask.shape[1] :]
+        completion.masked_fill_(mask == 0, -100)
+        return args, {**kwargs, "labels": labels}
+
+    handle = model.register_forward_pre_hook(unlabel, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def record_metric(trainer: Any, key: str, value: float) -> None:

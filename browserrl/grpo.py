@@ -1,6 +1,6 @@
 """TRL's GRPOTrainer, computing only what a loss uses: no forward/backward for episodes with nothing to teach,
-each micro-batch cut to its own length, and an LM head projecting only the completion's positions on CPU too
-(browserrl.compat).
+each micro-batch cut to its own length, and an LM head projecting only the model's turns on CPU too, not the
+env's observations between them (browserrl.compat).
 
 Nothing to teach: with no KL term (beta 0), no entropy bonus, no auxiliary loss and no entropy mask, an
 episode whose advantage is 0 (its group's rewards were all equal, or an env error made it unscorable)
@@ -59,7 +59,7 @@ import torch
 import trl
 from transformers import TrainerCallback
 
-from browserrl.compat import compact_lm_head, micro_batches, record_metric
+from browserrl.compat import compact_lm_head, loss_tokens_only, micro_batches, record_metric
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,8 @@ class StepTokens:
 
 class GRPOTrainer(trl.GRPOTrainer):
     """trl.GRPOTrainer that computes no forward/backward for episodes with nothing to teach, computes each
-    micro-batch without its shared padding, and scores with an LM head that projects the completion only."""
+    micro-batch without its shared padding, and scores with an LM head that projects the model's turns
+    only."""
 
     def __init__(self, *args: Any, expert_sft_weight: float | None = None, **kwargs: Any):
         rollout_func = kwargs.get("rollout_func")
@@ -254,14 +255,16 @@ class GRPOTrainer(trl.GRPOTrainer):
                 first = torch.zeros_like(keep)
                 first[0] = True
                 inputs = trim_padding(select_rows(inputs, first))
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+                with loss_tokens_only(model, loss_mask(inputs)):
+                    return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             if not keep.all() and self.loss_type in ROW_EXACT_LOSSES:
                 self.step_tokens.skipped += tokens_of(select_rows(inputs, ~keep))
                 inputs = select_rows(inputs, keep)
         inputs = trim_padding(inputs, self.args.pad_to_multiple_of)
         if self.model.training:
             self.step_tokens.trained += tokens_of(inputs)
-        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        with loss_tokens_only(model, loss_mask(inputs)):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
 
 def weigh_expert(trainer: GRPOTrainer, output: dict[str, Any], weight: float) -> None:

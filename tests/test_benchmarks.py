@@ -101,7 +101,7 @@ def test_bench_grpo_trainer(monkeypatch, env_url, capsys):
         "--steps",
         "1",
         "--trainers",
-        "trl,browserrl",
+        "trl,completion-head,browserrl",
         "+debug=tiny",
         "env=remote",
         f"env.url={env_url}",

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 import trl
+import trl.trainer.utils as trl_utils
 from helpers import scoring_trainer
 from omegaconf import OmegaConf
 
@@ -62,9 +63,10 @@ def test_trim_cuts_shared_padding_only():
 
 
 @pytest.mark.parametrize("arch", ["llama", "lfm2"])  # SmolLM2's architecture and LFM2's (its convolutions)
-def test_trimmed_loss_and_gradient_match_trl(arch, tmp_path):
-    """Each row of a padded batch alone, at TRL's width and at its own: the same loss and gradient (fp32;
-    under bf16 autocast the two widths round differently, by bf16's resolution)."""
+def test_trimmed_loss_and_gradient_match_trl(arch, tmp_path, monkeypatch):
+    """Each row of a padded batch alone, at TRL's width and at its own, the LM head on the model's turns only:
+    the same loss and gradient (fp32; under bf16 autocast the two widths round differently, by bf16's
+    resolution)."""
     torch.manual_seed(0)
     tiny = {"source": "tiny", "arch": arch, "seed": 0, "dtype": "float32"}
     model, tokenizer = load_policy(OmegaConf.create(tiny))
@@ -74,6 +76,11 @@ def test_trimmed_loss_and_gradient_match_trl(arch, tmp_path):
     )  # fmt: skip
     batch = three_episodes(tokenizer)
     params = [p for p in trainer.model.parameters() if p.requires_grad]
+    projected = []  # positions each call of the LM head projects
+    apply = trl_utils._ChunkedLogProbFunction.apply
+    monkeypatch.setattr(
+        trl_utils._ChunkedLogProbFunction, "apply", lambda h, *a: projected.append(h.shape[0]) or apply(h, *a)
+    )
     for i in range(3):
         micro = rows(batch, i)
         losses, grads = [], []
@@ -90,6 +97,7 @@ def test_trimmed_loss_and_gradient_match_trl(arch, tmp_path):
         assert losses[1] != 0
         torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+    assert projected[1::2] == [8, 3, 5]  # the model's turns of the completions (18, 3 and 8 tokens)
 
 
 def tiny_policy(arch: str = "llama"):
