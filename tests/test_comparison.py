@@ -135,6 +135,7 @@ def test_report_draws_the_study_and_pairs_by_seed(tmp_path):
             "+0.117 [+0.070, +0.164]",
         ),
         ("sft8-16steps", "with the expert", "0,1", "+0.144 [+0.103, +0.181]", "+0.059 [+0.023, +0.094]"),
+        ("sft8-32steps", "with the expert", "0", "+0.150 [+0.094, +0.206]", "+0.031 [-0.008, +0.078]"),
     ],
 )
 def test_published_records_give_the_differences_the_docs_report(
