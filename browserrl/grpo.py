@@ -255,16 +255,19 @@ class GRPOTrainer(trl.GRPOTrainer):
                 first = torch.zeros_like(keep)
                 first[0] = True
                 inputs = trim_padding(select_rows(inputs, first))
-                with loss_tokens_only(model, loss_mask(inputs)):
-                    return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+                return self._trl_loss(model, inputs, return_outputs, num_items_in_batch)
             if not keep.all() and self.loss_type in ROW_EXACT_LOSSES:
                 self.step_tokens.skipped += tokens_of(select_rows(inputs, ~keep))
                 inputs = select_rows(inputs, keep)
         inputs = trim_padding(inputs, self.args.pad_to_multiple_of)
         if self.model.training:
             self.step_tokens.trained += tokens_of(inputs)
+        return self._trl_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def _trl_loss(self, model: torch.nn.Module, inputs: dict[str, Any], *args: Any) -> torch.Tensor:
+        """TRL's loss of a micro-batch, its LM head on the tokens the loss reads (compat.loss_tokens_only)."""
         with loss_tokens_only(model, loss_mask(inputs)):
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            return super().compute_loss(model, inputs, *args)
 
 
 def weigh_expert(trainer: GRPOTrainer, output: dict[str, Any], weight: float) -> None:
