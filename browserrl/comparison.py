@@ -182,30 +182,42 @@ def difference_rows(runs: list[Run]) -> list[dict[str, Any]]:
     return rows
 
 
-def task_rows(runs: list[Run], decoding: str = "sampled") -> list[dict[str, Any]]:
+def oracle_steps(traces_path: str | Path) -> dict[tuple[str, int], int]:
+    """(task, held-out seed) -> actions the oracle took to solve that page, from traces/oracle-scripted.json
+    of `scripts/evaluate.py --baselines-only` (pages it did not solve left out)."""
+    traces = json.loads(Path(traces_path).read_text())
+    return {(t["task"], int(t["seed"])): int(t["steps"]) for t in traces if t["success"]}
+
+
+def task_rows(
+    runs: list[Run], decoding: str = "sampled", steps: dict[tuple[str, int], int] | None = None
+) -> list[dict[str, Any]]:
     """Where a difference comes from: a row per (suite, task), a column per run with an SFT start, the
-    held-out seeds its SFT-only policy and its GRPO policy solved ("5 -> 14"), from heldout/."""
-    table: dict[tuple[str, str], dict[str, Any]] = {}
+    held-out seeds its SFT-only policy and its GRPO policy solved ("5 -> 14"), from heldout/. With `steps`
+    (`oracle_steps`) a row per (suite, task, actions the page needs): whether a policy fails a task
+    everywhere or only on its longer pages; pages the oracle did not solve are left out."""
+    table: dict[tuple[str, str, int], dict[str, Any]] = {}
     for run in runs:
-        if not run.summary.get("demonstrations/sft") or run.path is None:
+        if run.path is None:  # a W&B run: no heldout/ outcomes
             continue
         for suite in ("", "transfer/"):
-            try:
+            try:  # a run from the base model has no SFT-only outcomes, a run still going no GRPO ones
                 start = outcomes(run.path, f"{suite}sft", decoding)
                 end = outcomes(run.path, f"{suite}eval", decoding)
             except FileNotFoundError:
                 continue
-            for task in sorted({task for task, _ in start}):
-                seeds = [key for key in start if key[0] == task]
+            cells: dict[tuple[str, int], list[tuple[str, int]]] = defaultdict(list)
+            for key in start:
+                if steps is None or key in steps:
+                    cells[key[0], steps[key] if steps else 0].append(key)
+            for (task, n), keys in cells.items():
                 row = table.setdefault(
-                    (suite, task),
-                    {
-                        "suite": "transfer" if suite else "training suite",
-                        "task": task,
-                        "held-out seeds": len(seeds),
-                    },
+                    (suite, task, n),
+                    {"suite": "transfer" if suite else "training suite", "task": task}
+                    | ({"oracle steps": n} if steps else {})
+                    | {"held-out seeds": len(keys)},
                 )
-                row[run.name] = f"{sum(start[k] for k in seeds)} -> {sum(end[k] for k in seeds)}"
+                row[run.name] = f"{sum(start[k] for k in keys)} -> {sum(end[k] for k in keys)}"
     return [table[key] for key in sorted(table)]
 
 

@@ -4,6 +4,8 @@ their bootstrap intervals, the study's plots and table."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -115,6 +117,21 @@ def test_report_draws_the_study_and_pairs_by_seed(tmp_path):
     )
 
 
+def test_task_rows_split_each_task_by_the_oracle_s_steps(tmp_path):
+    """t1's pages need 1 action below seed 110 and 3 from 110: SFT solved 100-109, GRPO 105-114, so the split
+    shows GRPO trading short pages for long ones; a page the oracle did not solve (seed 119) is left out."""
+    solved = {"sft": {"t1": range(100, 110)}, "eval": {"t1": range(105, 115)}}
+    run = record(tmp_path, "sft4-s0", 0, {}, solved)
+    traces = [{"task": "t1", "seed": s, "steps": 1 if s < 110 else 3, "success": s != 119} for s in SEEDS]
+    path = tmp_path / "oracle-scripted.json"
+    path.write_text(json.dumps(traces))
+    rows = comparison.task_rows([run], steps=comparison.oracle_steps(path))
+    assert [(r["task"], r["oracle steps"], r["held-out seeds"], r["sft4-s0"]) for r in rows] == [
+        ("t1", 1, 10, "10 -> 5"),
+        ("t1", 3, 9, "0 -> 5"),
+    ]
+
+
 @pytest.mark.parametrize(
     ("folder", "grpo", "seeds", "suite_sampled", "transfer_sampled"),
     [
@@ -135,7 +152,7 @@ def test_report_draws_the_study_and_pairs_by_seed(tmp_path):
             "+0.117 [+0.070, +0.164]",
         ),
         ("sft8-16steps", "with the expert", "0,1", "+0.144 [+0.103, +0.181]", "+0.059 [+0.023, +0.094]"),
-        ("sft8-32steps", "with the expert", "0", "+0.150 [+0.094, +0.206]", "+0.031 [-0.008, +0.078]"),
+        ("sft8-32steps", "with the expert", "0,2", "+0.125 [+0.084, +0.166]", "+0.027 [-0.004, +0.059]"),
     ],
 )
 def test_published_records_give_the_differences_the_docs_report(
@@ -156,6 +173,36 @@ def test_published_records_give_the_differences_the_docs_report(
     assert f"{suite['SFT+GRPO - SFT']:+.3f} {suite['95% interval']}" == suite_sampled
     assert f"{transfer['SFT+GRPO - SFT']:+.3f} {transfer['95% interval']}" == transfer_sampled
     assert transfer["paired episodes"] == 128 * len(seeds.split(","))
+
+
+def test_published_records_split_by_the_oracle_s_steps_as_the_docs_report():
+    """docs/runs/oracle-cpu-16seeds holds the oracle's episodes on the suite's held-out pages: with it the
+    32-step records show click-checkboxes solved where the page names one box (2 actions) and on no page
+    that needs 4 or 5 (benchmarks.md, "Where click-checkboxes fails")."""
+    runs_dir = Path(__file__).resolve().parents[1] / "docs" / "runs"
+    from browserrl.analysis import load_local
+
+    steps = comparison.oracle_steps(runs_dir / "oracle-cpu-16seeds" / "oracle-scripted.json")
+    assert len(steps) == 160
+    rows = comparison.task_rows(load_local(runs_dir / "sft8-32steps"), steps=steps)
+    boxes = [
+        (
+            r["oracle steps"],
+            r["held-out seeds"],
+            r["cpu-sft4e8-expert-grpo32-s0"],
+            r["cpu-sft4e8-expert-grpo32-s2"],
+        )
+        for r in rows
+        if r["task"] == "click-checkboxes"
+    ]
+    assert boxes == [(2, 2, "2 -> 2", "2 -> 2"), (3, 4, "0 -> 1", "0 -> 0"), (4, 4, "0 -> 0", "0 -> 0"),
+                     (5, 6, "0 -> 0", "0 -> 0")]  # fmt: skip
+    script = subprocess.run(
+        [sys.executable, "scripts/horizon.py", str(runs_dir / "sft8-32steps"), "--tasks", "click-checkboxes",
+         "--oracle", str(runs_dir / "oracle-cpu-16seeds" / "oracle-scripted.json")],
+        cwd=runs_dir.parents[1], capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "| training suite | click-checkboxes | 5 | 6 | 0 -> 0 | 0 -> 0 |" in script.stdout
 
 
 def test_published_sft_epochs_record_pairs_with_the_seed_0_run_as_the_docs_report():
