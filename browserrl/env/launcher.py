@@ -112,6 +112,10 @@ def check_env_url(url: str, timeout: float = 10.0) -> None:
         raise EnvServerError(f"no env server answers at {health}: {e}") from None
 
 
+#: Starts of a local server on a freshly picked port before "address already in use" is final.
+PORT_TRIES = 3
+
+
 def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -200,10 +204,24 @@ class LocalEnvServer:
             return "".join(f.readlines()[-lines:]).strip()
 
     def start(self) -> LocalEnvServer:
-        """Start the server, wait until ``/health`` answers; raise :class:`EnvServerError` if it does not."""
+        """Start the server, wait until ``/health`` answers; raise :class:`EnvServerError` if it does not.
+
+        A port is picked free, then bound by the server a moment later: another process (a second run's
+        server) can take it in between. Then, unless the port was given, the server starts again on
+        another one, up to ``PORT_TRIES`` times."""
         if self.is_alive():
             return self
         preflight()  # fail with the fix, before a subprocess hides it in a log
+        attempt = 1
+        while True:
+            try:
+                return self._start_once()
+            except EnvServerError as exc:
+                if self._fixed_port or "address already in use" not in str(exc) or attempt == PORT_TRIES:
+                    raise
+                attempt += 1
+
+    def _start_once(self) -> LocalEnvServer:
         self.port = self._fixed_port or _free_port(self.host)
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - open for the server's lifetime
             "w+b", prefix="browserrl-env-", suffix=".log", delete=False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -63,6 +64,23 @@ def test_check_env_url_fails_fast_on_nothing() -> None:
     with pytest.raises(EnvServerError):
         check_env_url("ws://127.0.0.1:9", timeout=2)
     assert time.monotonic() - start < 5
+
+
+def test_a_port_taken_before_the_server_binds_it_gets_another(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The port is picked free, then bound by the server a moment later; another process (a second run's
+    server) may take it in between: the server starts again on another port. A fixed port is not moved."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        picks = iter([port])
+        free_port = launcher._free_port
+        monkeypatch.setattr(launcher, "_free_port", lambda host: next(picks, None) or free_port(host))
+        with LocalEnvServer(task="click-test", max_sessions=1, idle_timeout_s=None) as server:
+            assert server.port != port
+            check_env_url(server.url)
+        with pytest.raises(EnvServerError, match="address already in use"):
+            LocalEnvServer(task="click-test", port=port, idle_timeout_s=None).start()
 
 
 @pytest.mark.browser
