@@ -189,14 +189,18 @@ def oracle_steps(traces_path: str | Path) -> dict[tuple[str, int], int]:
     return {(t["task"], int(t["seed"])): int(t["steps"]) for t in traces if t["success"]}
 
 
-def task_rows(
-    runs: list[Run], decoding: str = "sampled", steps: dict[tuple[str, int], int] | None = None
-) -> list[dict[str, Any]]:
-    """Where a difference comes from: a row per (suite, task), a column per run with an SFT start, the
-    held-out seeds its SFT-only policy and its GRPO policy solved ("5 -> 14"), from heldout/. With `steps`
-    (`oracle_steps`) a row per (suite, task, actions the page needs): whether a policy fails a task
-    everywhere or only on its longer pages; pages the oracle did not solve are left out."""
-    table: dict[tuple[str, str, int], dict[str, Any]] = {}
+def trace_outcomes(path: str | Path) -> dict[tuple[str, int], bool]:
+    """(task, held-out seed) -> solved, from a traces/POLICY-DECODING.json of scripts/evaluate.py."""
+    return {(t["task"], int(t["seed"])): bool(t["success"]) for t in json.loads(Path(path).read_text())}
+
+
+#: One column of `count_rows`: (its name, suite prefix "" or "transfer/", outcomes before, outcomes after).
+Column = tuple[str, str, dict[tuple[str, int], bool], dict[tuple[str, int], bool]]
+
+
+def run_columns(runs: list[Run], decoding: str = "sampled") -> list[Column]:
+    """Each run's SFT-only and GRPO outcomes from heldout/, on the suite and on the transfer tasks."""
+    columns = []
     for run in runs:
         if run.path is None:  # a W&B run: no heldout/ outcomes
             continue
@@ -206,19 +210,37 @@ def task_rows(
                 end = outcomes(run.path, f"{suite}eval", decoding)
             except FileNotFoundError:
                 continue
-            cells: dict[tuple[str, int], list[tuple[str, int]]] = defaultdict(list)
-            for key in start:
-                if steps is None or key in steps:
-                    cells[key[0], steps[key] if steps else 0].append(key)
-            for (task, n), keys in cells.items():
-                row = table.setdefault(
-                    (suite, task, n),
-                    {"suite": "transfer" if suite else "training suite", "task": task}
-                    | ({"oracle steps": n} if steps else {})
-                    | {"held-out seeds": len(keys)},
-                )
-                row[run.name] = f"{sum(start[k] for k in keys)} -> {sum(end[k] for k in keys)}"
+            columns.append((run.name, suite, start, end))
+    return columns
+
+
+def count_rows(
+    columns: list[Column], steps: dict[tuple[str, int], int] | None = None
+) -> list[dict[str, Any]]:
+    """Where a difference comes from: a row per (suite, task), a column per policy pair, the held-out seeds
+    each solved ("5 -> 14"). With `steps` (`oracle_steps`) a row per (suite, task, actions the page needs):
+    whether a policy fails a task everywhere or only on its longer pages; pages the oracle did not solve are
+    left out."""
+    table: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for name, suite, start, end in columns:
+        cells: dict[tuple[str, int], list[tuple[str, int]]] = defaultdict(list)
+        for key in start:
+            if steps is None or key in steps:
+                cells[key[0], steps[key] if steps else 0].append(key)
+        for (task, n), keys in cells.items():
+            row = table.setdefault(
+                (suite, task, n),
+                {"suite": "transfer" if suite else "training suite", "task": task}
+                | ({"oracle steps": n} if steps else {})
+                | {"held-out seeds": len(keys)},
+            )
+            row[name] = f"{sum(start[k] for k in keys)} -> {sum(end[k] for k in keys)}"
     return [table[key] for key in sorted(table)]
+
+
+def task_rows(runs: list[Run], decoding: str = "sampled") -> list[dict[str, Any]]:
+    """`count_rows` of the runs with an SFT start: SFT only -> SFT+GRPO, per task."""
+    return count_rows(run_columns(runs, decoding))
 
 
 def point_rows(found: list[Point]) -> list[dict[str, Any]]:

@@ -117,7 +117,7 @@ def test_report_draws_the_study_and_pairs_by_seed(tmp_path):
     )
 
 
-def test_task_rows_split_each_task_by_the_oracle_s_steps(tmp_path):
+def test_count_rows_split_each_task_by_the_oracle_s_steps(tmp_path):
     """t1's pages need 1 action below seed 110 and 3 from 110: SFT solved 100-109, GRPO 105-114, so the split
     shows GRPO trading short pages for long ones; a page the oracle did not solve (seed 119) is left out."""
     solved = {"sft": {"t1": range(100, 110)}, "eval": {"t1": range(105, 115)}}
@@ -125,11 +125,21 @@ def test_task_rows_split_each_task_by_the_oracle_s_steps(tmp_path):
     traces = [{"task": "t1", "seed": s, "steps": 1 if s < 110 else 3, "success": s != 119} for s in SEEDS]
     path = tmp_path / "oracle-scripted.json"
     path.write_text(json.dumps(traces))
-    rows = comparison.task_rows([run], steps=comparison.oracle_steps(path))
+    rows = comparison.count_rows(comparison.run_columns([run]), comparison.oracle_steps(path))
     assert [(r["task"], r["oracle steps"], r["held-out seeds"], r["sft4-s0"]) for r in rows] == [
         ("t1", 1, 10, "10 -> 5"),
         ("t1", 3, 9, "0 -> 5"),
     ]
+    evaluation = tmp_path / "eval-sft4" / "traces"  # scripts/evaluate.py's output: base -> trained
+    evaluation.mkdir(parents=True)
+    for policy, solved_seeds in (("base", range(100, 110)), ("trained", range(105, 115))):
+        played = [{"task": "t1", "seed": s, "success": s in solved_seeds} for s in SEEDS]
+        (evaluation / f"{policy}-sampled.json").write_text(json.dumps(played))
+    script = subprocess.run(
+        [sys.executable, "scripts/horizon.py", str(evaluation.parent), "--oracle", str(path)],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "| training suite | t1 | 3 | 9 | 0 -> 5 |" in script.stdout
 
 
 @pytest.mark.parametrize(
@@ -184,7 +194,7 @@ def test_published_records_split_by_the_oracle_s_steps_as_the_docs_report():
 
     steps = comparison.oracle_steps(runs_dir / "oracle-cpu-16seeds" / "oracle-scripted.json")
     assert len(steps) == 160
-    rows = comparison.task_rows(load_local(runs_dir / "sft8-32steps"), steps=steps)
+    rows = comparison.count_rows(comparison.run_columns(load_local(runs_dir / "sft8-32steps")), steps)
     boxes = [
         (
             r["oracle steps"],
