@@ -225,13 +225,15 @@ def count_rows(
     for name, suite, start, end in columns:
         cells: dict[tuple[str, int], list[tuple[str, int]]] = defaultdict(list)
         for key in start:
-            if steps is None or key in steps:
-                cells[key[0], steps[key] if steps else 0].append(key)
+            if steps is None:
+                cells[key[0], 0].append(key)
+            elif key in steps:
+                cells[key[0], steps[key]].append(key)
         for (task, n), keys in cells.items():
             row = table.setdefault(
                 (suite, task, n),
                 {"suite": "transfer" if suite else "training suite", "task": task}
-                | ({"oracle steps": n} if steps else {})
+                | ({} if steps is None else {"oracle steps": n})
                 | {"held-out seeds": len(keys)},
             )
             row[name] = f"{sum(start[k] for k in keys)} -> {sum(end[k] for k in keys)}"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from browserrl import comparison
-from browserrl.analysis import Run
+from browserrl.analysis import Run, load_local
 
 TASKS = ("t1", "t2")
 SEEDS = range(100, 120)
@@ -170,8 +170,6 @@ def test_published_records_give_the_differences_the_docs_report(
 ):
     """docs/runs holds the records benchmarks.md's numbers come from: they load as runs and pair as written
     there (arm sft4-grpo-expert and its variants, SFT+GRPO minus SFT only, sampled)."""
-    from browserrl.analysis import load_local
-
     runs = load_local(Path(__file__).resolve().parents[1] / "docs" / "runs" / folder)
     rows = {(r["suite"], r["decoding"]): r for r in comparison.difference_rows(runs)}
     suite, transfer = rows["training suite", "sampled"], rows["transfer", "sampled"]
@@ -190,8 +188,6 @@ def test_published_records_split_by_the_oracle_s_steps_as_the_docs_report():
     32-step records show click-checkboxes solved where the page names one box (2 actions) and on no page
     that needs 4 or 5 (benchmarks.md, "Where click-checkboxes fails")."""
     runs_dir = Path(__file__).resolve().parents[1] / "docs" / "runs"
-    from browserrl.analysis import load_local
-
     steps = comparison.oracle_steps(runs_dir / "oracle-cpu-16seeds" / "oracle-scripted.json")
     assert len(steps) == 160
     rows = comparison.count_rows(comparison.run_columns(load_local(runs_dir / "sft8-32steps")), steps)
