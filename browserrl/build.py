@@ -92,13 +92,21 @@ def rollout_engine(
     cfg: DictConfig,
     tasks: Mapping[str, TaskSettings] | None = None,
     bounded: bool = True,
+    guided: bool = False,
 ) -> RolloutEngine:
     """Episodes of `tasks` (default: the suite's) played by `policy`, each within the episode token budget
     (trainer.max_completion_length) and the model's positions; `bounded=False` lifts both (a benchmark
-    that measures whole oracle episodes)."""
+    that measures whole oracle episodes). `guided`: the scripted oracle plays the turns of a guided start
+    (grpo.guided, browserrl.groups)."""
     tasks = tasks if tasks is not None else task_configs(cfg)
     budget = (cfg.trainer.max_completion_length, max_positions(cfg.model)) if bounded else (None, None)
-    return RolloutEngine(policy, pool, chat, tasks, *budget)
+    guide = oracle_policy(chat, tasks) if guided else None
+    return RolloutEngine(policy, pool, chat, tasks, *budget, guide=guide)
+
+
+def oracle_policy(chat: ChatFormat, tasks: Mapping[str, TaskSettings]) -> Policy:
+    """The scripted oracle's turns in the policy's own format (oracle.demonstration_turn)."""
+    return scripted_policy(oracle.demonstration_turn(tasks), chat)
 
 
 def demonstrator(
@@ -111,8 +119,7 @@ def demonstrator(
     """The rollout engine with the scripted oracle playing the turns in the policy's own format
     (oracle.demonstration_turn): SFT's demonstrations and GRPO's expert episodes."""
     tasks = tasks if tasks is not None else task_configs(cfg)
-    policy = scripted_policy(oracle.demonstration_turn(tasks), chat)
-    return rollout_engine(policy, pool, chat, cfg, tasks, bounded)
+    return rollout_engine(oracle_policy(chat, tasks), pool, chat, cfg, tasks, bounded)
 
 
 def env_pool(

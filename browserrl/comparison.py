@@ -44,31 +44,35 @@ class Point:
 
 class GRPOSetting(NamedTuple):
     """What sets one GRPO arm apart from another in the study: the expert in the group, its SFT weight (0:
-    off) and the task sampling (records from before an option have its default)."""
+    off), guided starts, and the task sampling (records from before an option have its default)."""
 
     expert: bool
     expert_weight: float
     sampling: str
+    guided: bool = False
 
     @classmethod
     def of(cls, run: Run) -> GRPOSetting:
         grpo = run.config.get("grpo", {})
         weight = float(grpo.get("expert_sft_weight") or 0.0)
-        return cls(bool(grpo.get("expert")), weight, str(grpo.get("task_sampling", "uniform")))
+        sampling = str(grpo.get("task_sampling", "uniform"))
+        return cls(bool(grpo.get("expert")), weight, sampling, bool(grpo.get("guided")))
 
     @property
     def expert_text(self) -> str:
-        """'plain', 'with the expert', 'with the expert, SFT weight 1'."""
+        """'plain', 'with the expert', 'with the expert, SFT weight 1', 'with the expert, guided starts'."""
         if not self.expert:
             return "plain"
-        return "with the expert" + (f", SFT weight {self.expert_weight:g}" if self.expert_weight else "")
+        weight = f", SFT weight {self.expert_weight:g}" if self.expert_weight else ""
+        return "with the expert" + weight + (", guided starts" if self.guided else "")
 
     @property
     def suffix(self) -> str:
-        """A point's label after 'GRPO': '+expert', '+expert x1', ', learning'."""
+        """A point's label after 'GRPO': '+expert', '+expert x1', '+expert+guided', ', learning'."""
         weight = f" x{self.expert_weight:g}" if self.expert_weight else ""
         sampling = "" if self.sampling == "uniform" else f", {self.sampling}"
-        return ("+expert" + weight if self.expert else "") + sampling
+        expert = "+expert" + weight + ("+guided" if self.guided else "")
+        return (expert if self.expert else "") + sampling
 
 
 def sft_epochs(run: Run) -> float | None:

@@ -219,7 +219,7 @@ def check_sft(cfg: DictConfig) -> None:
 def check_grpo(cfg: DictConfig) -> None:
     """How a step draws its groups (browserrl.groups): sane numbers, an oracle for the expert."""
     g = cfg.grpo
-    for key in ("dynamic_sampling", "expert"):
+    for key in ("dynamic_sampling", "expert", "guided"):
         if not isinstance(g[key], bool):
             raise ConfigError(f"grpo.{key}", f"must be true or false, got {g[key]!r}")
     if not fits_type(g.max_draws_per_group, float) or g.max_draws_per_group < 1:
@@ -236,6 +236,8 @@ def check_grpo(cfg: DictConfig) -> None:
             raise ConfigError("grpo.expert_sft_weight", f"must be null or a number > 0, got {weight!r}")
         if not g.expert:
             raise ConfigError("grpo.expert_sft_weight", "weighs the expert's episodes: set grpo.expert=true")
+    if g.guided and not g.expert:
+        raise ConfigError("grpo.guided", "replays the pages the expert showed: set grpo.expert=true")
     if g.expert:
         missing = [t for t in cfg.suite.tasks if t not in ORACLE_TASKS]
         if missing:

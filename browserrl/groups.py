@@ -20,11 +20,21 @@ SFT warm-up most groups are all-success; from the base model, all are all-failur
   2-8% of a step's loss tokens (`expert/token_share`); the trainer's `expert_sft_weight` gives it an
   SFT loss of its own instead (browserrl.grpo). Each such episode is a demonstration and is counted as one
   (`expert_episodes`).
+- Guided starts (`guided`; a reverse curriculum, as in R3, arXiv 2402.05808): a page the expert solved for a
+  group of failures in L >= 3 turns comes back in a later draw as a group that starts from the oracle's
+  state k turns in, k uniform in 1..L-2, so the policy meets the page's last turns, where a long page is
+  lost (a box left unchecked before Submit), without first having to play its early ones right. The
+  oracle's k turns are in each episode's sequence as env tokens (env_mask 0: context, never trained on);
+  the policy plays the rest. Such groups take at most half of a draw (its one group, when it draws one), from
+  the latest 32 pages queued; their outcomes say nothing of the policy on whole pages, so the task sampler
+  never sees them. The prefix replays the expert episode already counted; an expert episode put into a
+  guided group that failed is counted again.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -55,6 +65,10 @@ class Group:
         return len(scored) > 1 and max(scored) - min(scored) > EQUAL
 
     @property
+    def guided_steps(self) -> int:
+        return self.episodes[0].guided_steps
+
+    @property
     def all_failed(self) -> bool:
         return not any(e.success for e in self.episodes)
 
@@ -71,6 +85,7 @@ class StepGroups:
     drawn: int = 0  # groups played this step (the policy's)
     zero_spread: int = 0  # of those, groups whose rewards were all equal before any expert
     expert_episodes: int = 0  # oracle episodes put into groups (demonstrations)
+    guided: int = 0  # of the groups drawn, those started from the oracle's state part-way
     tokens_dropped: int = 0  # tokens of groups drawn and not handed to the trainer
     solved: list[bool] = field(default_factory=list)  # every policy episode drawn (kept or not), solved?
     task_weights: dict[str, float] = field(default_factory=dict)  # the sampler's, after this step
@@ -99,6 +114,8 @@ class StepGroups:
             "groups/kept": self.kept,
             "groups/frac_reward_zero_std": self.zero_spread / self.drawn if self.drawn else math.nan,
             "groups/success_rate": sum(self.solved) / len(self.solved) if self.solved else math.nan,
+            "groups/guided": self.guided,
+            "groups/guided_kept": sum(g.teaches for g in self.groups if g.guided_steps),
             "expert/episodes": self.expert_episodes,
             "expert/token_share": sum(n for x, n in model if x) / model_tokens if model_tokens else math.nan,
             "tokens/dropped": self.tokens_dropped,
@@ -118,12 +135,17 @@ class GroupCollector:
         dynamic: bool = True,
         max_draws_per_group: float = 2.0,
         expert: RolloutEngine | None = None,
+        guided: bool = False,
     ):
-        """`expert`: an engine whose policy is the scripted oracle (oracle.demonstrator), or None."""
+        """`expert`: an engine whose policy is the scripted oracle (oracle.demonstrator), or None. `guided`:
+        pages the expert showed come back as guided starts (`engine` needs the oracle as its guide)."""
+        if guided and (expert is None or engine.guide is None):
+            raise ValueError("guided starts replay the expert's pages: they need the expert and a guide")
         self.engine, self.sampler, self.score = engine, sampler, score
         self.num_generations, self.dynamic, self.expert = num_generations, dynamic, expert
-        self.max_draws_per_group = max_draws_per_group
+        self.max_draws_per_group, self.guided = max_draws_per_group, guided
         self.expert_total = 0  # expert episodes over the run: demonstrations GRPO consumed
+        self.pending: deque[tuple[str, int, int]] = deque(maxlen=32)  # (task, seed, guided steps) to play
 
     def collect(self, wanted: int) -> StepGroups:
         """`wanted` groups for one step. Without dynamic sampling: the first `wanted` drawn, whatever their
@@ -135,7 +157,9 @@ class GroupCollector:
         idle: list[Group] = []
         while len(teaching) < wanted and step.drawn < limit:
             count = min(wanted - len(teaching), limit - step.drawn)
-            for group in self._play(self.sampler.draw(count), step):
+            guided = [self.pending.popleft() for _ in range(min(len(self.pending), max(1, count // 2)))]
+            drawn = [(task, seed, 0) for task, seed in self.sampler.draw(count - len(guided))]
+            for group in self._play(guided + drawn, step):
                 (teaching if group.teaches or not self.dynamic else idle).append(group)
         fill = idle[::-1][: wanted - len(teaching)]
         step.groups = teaching + fill
@@ -143,18 +167,25 @@ class GroupCollector:
         step.task_weights = self.sampler.weights()
         return step
 
-    def _play(self, instances: Sequence[tuple[str, int]], step: StepGroups) -> list[Group]:
-        """Each instance as a group: the policy's episodes (recorded by the sampler), then the expert's
-        episode in each group of failures where the oracle solves the page."""
-        played = self.engine.play([i for i in instances for _ in range(self.num_generations)])
+    def _play(self, instances: Sequence[tuple[str, int, int]], step: StepGroups) -> list[Group]:
+        """Each (task, seed, guided steps) instance as a group: the policy's episodes (recorded by the
+        sampler unless guided), then the expert's episode in each group of failures where the oracle solves
+        the page."""
+        n = self.num_generations
+        played = self.engine.play(
+            [(task, seed) for task, seed, _ in instances for _ in range(n)],
+            guided_steps=[guided for *_, guided in instances for _ in range(n)],
+        )
         step.generate_s += played.generate_s
         step.env_s += played.env_s
         step.drawn += len(instances)
-        n = self.num_generations
+        step.guided += sum(guided > 0 for *_, guided in instances)
         groups = []
         for start in range(0, len(played.episodes), n):
             episodes = played.episodes[start : start + n]
             groups.append(Group(episodes, self.score(episodes)))
+            if episodes[0].guided_steps:
+                continue
             solved = [e.success for e in episodes if e.env_error is None]
             self.sampler.record(episodes[0].task, solved)
             step.solved += solved
@@ -166,11 +197,16 @@ class GroupCollector:
     def _add_expert(self, groups: list[Group], step: StepGroups) -> None:
         if not groups:
             return
-        shown = self.expert.play([(g.task, g.episodes[0].seed) for g in groups])
+        shown = self.expert.play(
+            [(g.task, g.episodes[0].seed) for g in groups], guided_steps=[g.guided_steps for g in groups]
+        )
         step.env_s += shown.env_s
         for group, episode in zip(groups, shown.episodes):
             if not episode.success:  # no oracle for this page, or it failed: the group stays as it is
                 continue
+            if self.guided and not group.guided_steps and episode.steps >= 3:
+                k = self.sampler.rng.randint(1, episode.steps - 2)  # the policy plays 2 turns or more
+                self.pending.append((group.task, episode.seed, k))
             episode.expert = True
             episode.logprobs = [math.nan if m else 0.0 for m in episode.env_mask]
             # in place of an unscorable episode if there is one: the group keeps every scored failure

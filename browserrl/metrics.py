@@ -70,19 +70,21 @@ def log_episodes(
     episode's total reward, the mean reward per task: `TASK/reward`), then the step's own numbers
     (`step_metrics`: groups drawn and kept, expert episodes; browserrl.groups).
 
-    The metrics are the policy's: an expert's episode in a group (`expert`) is left out of them. It returns
+    The metrics are the policy's on whole pages: an expert's episode in a group (`expert`) and an episode
+    started from the oracle's state part-way (`guided`) are left out of them. It returns
     None for every episode, which TRL leaves out of the reward. Each sample goes to TRL's `log_metric`, which
     averages everything logged under a name over all processes at the next log line, so the rates stay
     exact means over episodes under multi-process training (infra=gpu-vllm-server).
     """
     keys = ("task", "success", "steps", "invalid_actions", "truncated", "env_error")
     experts = fields.get("expert") or [False] * len(prompts)
-    rows = [row for row, expert in zip(zip(*(fields[k] for k in keys)), experts) if not expert]
+    left_out = [x or g for x, g in zip(experts, fields.get("guided") or [False] * len(prompts))]
+    rows = [row for row, out in zip(zip(*(fields[k] for k in keys)), left_out) if not out]
     for key, values in metric_samples([SimpleNamespace(**dict(zip(keys, row))) for row in rows]).items():
         for value in values:
             log_metric(key, value)
-    for task, reward, expert in zip(fields["task"], rewards or [], experts):
-        if reward is not None and not expert:
+    for task, reward, out in zip(fields["task"], rewards or [], left_out):
+        if reward is not None and not out:
             log_metric(f"{task}/reward", reward)
     log_metric("time/generate_s", generate_s[0])  # the rollout's totals, the same on every row
     log_metric("time/env_s", env_s[0])

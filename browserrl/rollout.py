@@ -9,7 +9,9 @@ the sampler's and the trainer's logprobs agree (tests/test_rollout.py::test_logp
 At every turn: one policy call for all live episodes, then all their env steps at once (one session each).
 The policy is the model (`model_policy`: a generator continues each episode's token sequence) or a script
 that reads the last observation (`scripted_policy`: the oracles of browserrl.oracle, baselines), so RL
-episodes, held-out evaluations and SFT demonstrations are the same `Episode`, built by this one loop.
+episodes, held-out evaluations and SFT demonstrations are the same `Episode`, built by this one loop. A
+guided episode (grpo.guided, browserrl.groups) has its first turns played by the engine's `guide`, the oracle,
+written as env tokens (env_mask 0): the trainer reads them as context, like the observations.
 
 Why TRL's `rollout_func` and not its `environment_factory`: `environment_factory` drives an environment
 through the model's tool-call template, one tool call per turn. Here a turn is a plain-text action
@@ -63,6 +65,7 @@ class Episode:
     truncated: bool = False
     env_error: str | None = None
     expert: bool = False  # played by the scripted oracle inside a GRPO group (browserrl.groups)
+    guided_steps: int = 0  # its first turns are the oracle's, env tokens to the trainer (browserrl.groups)
     observation: Any = field(default=None, repr=False)  # the last one: what a scripted policy reads
 
     def extend(self, ids: Sequence[int], logprobs: Sequence[float] | None, from_model: bool) -> None:
@@ -181,26 +184,44 @@ class RolloutEngine:
         tasks: Mapping[str, TaskSettings],
         max_completion_length: int | None = None,
         max_positions: int | None = None,
+        guide: Policy | None = None,
     ):
+        """`guide`: the policy that plays an episode's first `guided_steps` turns (the scripted oracle)."""
         self.policy, self.pool, self.chat, self.tasks = policy, pool, chat, tasks
         self.max_completion_length, self.max_positions = max_completion_length, max_positions
+        self.guide = guide
         self._over_budget: set[str] = set()  # tasks whose episodes a token limit has cut (warned once)
 
     def play(
-        self, instances: Sequence[tuple[str, int]], greedy: bool = False, progress: str | None = None
+        self,
+        instances: Sequence[tuple[str, int]],
+        greedy: bool = False,
+        progress: str | None = None,
+        guided_steps: Sequence[int] | None = None,
     ) -> RolloutBatch:
         """Every (task, seed) instance as one episode, `pool.size` at a time; `progress`: a bar with that
-        label (evaluations of hundreds of episodes take minutes on CPU)."""
+        label (evaluations of hundreds of episodes take minutes on CPU). `guided_steps`: per instance, how
+        many first turns the guide plays (its tokens masked as the env's; none by default)."""
         batch = RolloutBatch([])
+        guided_steps = guided_steps or [0] * len(instances)
         with tqdm(total=len(instances), desc=progress, unit="episode", disable=progress is None) as bar:
             for start in range(0, len(instances), self.pool.size):
-                chunk = instances[start : start + self.pool.size]
-                self._play_chunk(chunk, greedy, batch)
-                bar.update(len(chunk))
+                end = start + self.pool.size
+                self._play_chunk(instances[start:end], guided_steps[start:end], greedy, batch)
+                bar.update(len(instances[start:end]))
         return batch
 
-    def _play_chunk(self, instances: Sequence[tuple[str, int]], greedy: bool, batch: RolloutBatch) -> None:
-        episodes = [Episode(task, seed, max_steps=self.tasks[task].max_env_steps) for task, seed in instances]
+    def _play_chunk(
+        self,
+        instances: Sequence[tuple[str, int]],
+        guided_steps: Sequence[int],
+        greedy: bool,
+        batch: RolloutBatch,
+    ) -> None:
+        episodes = [
+            Episode(task, seed, max_steps=self.tasks[task].max_env_steps, guided_steps=guided)
+            for (task, seed), guided in zip(instances, guided_steps)
+        ]
         delays = [self.tasks[e.task].observation_delay for e in episodes]
         options = [{"observation_delay": d, "max_steps": e.max_steps} for d, e in zip(delays, episodes)]
         t0 = time.perf_counter()
@@ -226,7 +247,7 @@ class RolloutEngine:
             actions = {}
             t0 = time.perf_counter()
             for max_new_tokens, group in by_length.items():
-                turns = self.policy([episodes[i] for i in group], greedy, max_new_tokens)
+                turns = self._turns([episodes[i] for i in group], greedy, max_new_tokens)
                 actions |= {i: self._take_turn(episodes[i], turn) for i, turn in zip(group, turns)}
             batch.generate_s += time.perf_counter() - t0
             t0 = time.perf_counter()
@@ -236,9 +257,23 @@ class RolloutEngine:
                 self._observe(episodes[i], actions[i], result)
         batch.episodes += episodes
 
+    def _turns(self, episodes: Sequence[Episode], greedy: bool, max_new_tokens: int) -> list[Turn]:
+        """One turn each: the guide's for an episode still in its guided start, the policy's for the rest
+        (an engine without a guide plays a guided start by its own policy: the expert's, the oracle too)."""
+        guided = [self.guide is not None and e.steps < e.guided_steps for e in episodes]
+        turns: dict[int, Turn] = {}
+        for by_guide, policy in ((True, self.guide), (False, self.policy)):
+            picked = [i for i, g in enumerate(guided) if g == by_guide]
+            if picked:
+                played = policy([episodes[i] for i in picked], greedy, max_new_tokens)
+                turns |= dict(zip(picked, played))
+        return [turns[i] for i in range(len(episodes))]
+
     def _take_turn(self, episode: Episode, turn: Turn) -> str:
-        """Append the model's turn; return the action to send (raw text when it holds no valid action)."""
-        episode.extend(turn.ids, turn.logprobs, from_model=True)
+        """Append the turn (a guided one as env tokens); return the action to send (raw text when it holds no
+        valid action)."""
+        from_model = episode.steps >= episode.guided_steps
+        episode.extend(turn.ids, turn.logprobs if from_model else None, from_model=from_model)
         if not turn.finished:  # cut at max_new_tokens: close the turn so the sequence stays well-formed
             episode.extend([self.chat.eot_id], None, from_model=False)
         text = self.chat.tokenizer.decode(turn.ids, skip_special_tokens=True).strip()
@@ -325,6 +360,7 @@ def trainer_output(batch: RolloutBatch, step_metrics: dict[str, float] | None = 
         "truncated": [e.truncated for e in eps],
         "env_error": [e.env_error is not None for e in eps],
         "expert": [e.expert for e in eps],
+        "guided": [e.guided_steps > 0 for e in eps],
         "generate_s": batch.generate_s,
         "env_s": batch.env_s,
         "generated_tokens": sum(sum(e.env_mask) for e in eps if not e.expert),

@@ -161,7 +161,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             cfg, [*cfg.suite.tasks, *(cfg.transfer.suite.tasks if cfg.get("transfer") else [])]
         )
         engine = build.rollout_engine(
-            model_policy(build.hf_generator(model, chat, cfg)), pool, chat, cfg, tasks
+            model_policy(build.hf_generator(model, chat, cfg)), pool, chat, cfg, tasks, guided=cfg.grpo.guided
         )
         wandb_run = start_wandb(cfg, run_dir) if main else None
         if wandb_run is not None:
@@ -187,7 +187,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         expert = build.demonstrator(pool, chat, cfg, tasks) if g.expert else None
         collector = GroupCollector(
             engine, sampler, rewards.scorer(dict(cfg.rewards)), args.num_generations, g.dynamic_sampling,
-            g.max_draws_per_group, expert,
+            g.max_draws_per_group, expert, g.guided,
         )  # fmt: skip
         trainer = build.grpo_trainer(
             cfg,

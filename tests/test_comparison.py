@@ -93,6 +93,9 @@ def test_report_draws_the_study_and_pairs_by_seed(tmp_path):
     solved["eval"] = {t: range(100, 114) for t in TASKS}  # 8 SFT epochs, else as sft4-expert-s1: 4 more
     runs.append(record(tmp_path, "sft4e8-expert-s1", 1, summary, solved))
     runs[-1].config["sft"]["trainer"]["num_train_epochs"] = 8
+    solved["eval"] = {t: range(100, 113) for t in TASKS}  # the expert and guided starts: 3 more
+    runs.append(record(tmp_path, "sft4-expert-guided-s1", 1, summary, solved))
+    runs[-1].config["grpo"]["guided"] = True
     written = comparison.write_report(runs, tmp_path)
     assert {"rl_vs_sft", "generalization", "rl_vs_sft_table"} <= set(written)
     table = written["rl_vs_sft_table"].read_text()
@@ -110,7 +113,10 @@ def test_report_draws_the_study_and_pairs_by_seed(tmp_path):
     assert "| sft4-expert-w1-s1 | 1 | SFT+GRPO+expert x1, 2 SFT epochs |" in table
     assert "| 40 | 8 | with the expert | uniform | training suite | sampled | 1 | 0.200 |" in table  # apart
     assert "| sft4e8-expert-s1 | 1 | SFT only, 8 SFT epochs |" in table
-    row = "| training suite | t1 | 20 | 10 -> 15 | 10 -> 15 | 10 -> 20 | 10 -> 18 | 10 -> 16 | 10 -> 14 |"
+    guided = "| 40 | 2 | with the expert, guided starts | uniform | training suite | sampled | 1 | 0.150 |"
+    assert guided in table and "| sft4-expert-guided-s1 | 1 | SFT+GRPO+expert+guided, 2 SFT epochs |" in table
+    counts = " | ".join(f"10 -> {n}" for n in (15, 15, 20, 18, 16, 14, 13))
+    row = f"| training suite | t1 | 20 | {counts} |"
     assert row in table  # a column per run, in the order given
     assert (
         comparison.write_report([Run("plain", {"seed": 0}, [], {"eval/success_rate": 1.0})], tmp_path) == {}

@@ -169,6 +169,8 @@ def test_trainer_block_reaches_grpo_config(compose_cfg):
         (["grpo.stop_after_idle_steps=-1"], "grpo.stop_after_idle_steps"),
         (["task=miniwob", "task.name=click-link", "grpo.expert=true"], "grpo.expert"),  # no oracle for it
         (["grpo.expert_sft_weight=1.0"], "grpo.expert_sft_weight"),  # no expert to weigh
+        (["grpo.guided=true"], "grpo.guided"),  # no expert's pages to replay
+        (["grpo.expert=true", "grpo.guided=1"], "grpo.guided"),
         (["grpo.expert=true", "grpo.expert_sft_weight=-1"], "grpo.expert_sft_weight"),
         (  # not exact for a per-episode mean
             ["grpo.expert=true", "grpo.expert_sft_weight=1", "+trainer.loss_type=grpo"],

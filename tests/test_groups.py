@@ -18,16 +18,21 @@ G = 4  # episodes per group
 
 class ScriptedEngine:
     """RolloutEngine.play with outcomes from `solved(task, seed, index in the group)`; records the instances
-    played. Every episode is 3 prompt and 5 completion tokens, 2 of them the model's."""
+    played and their guided steps. Every episode: 3 prompt and 5 completion tokens, 2 of them the model's."""
+
+    guide = None
 
     def __init__(self, solved: Callable[[str, int, int], bool]):
         self.solved, self.played = solved, []
 
-    def play(self, instances: Sequence[tuple[str, int]], greedy: bool = False) -> RolloutBatch:
+    def play(
+        self, instances: Sequence[tuple[str, int]], greedy: bool = False, guided_steps: Sequence[int] = ()
+    ) -> RolloutBatch:
         self.played += list(instances)
+        self.guided = list(guided_steps) or [0] * len(instances)
         episodes = []
-        for i, (task, seed) in enumerate(instances):
-            e = Episode(task, seed, max_steps=2, prompt_ids=[1, 2, 3], steps=1)
+        for i, ((task, seed), guided) in enumerate(zip(instances, self.guided)):
+            e = Episode(task, seed, max_steps=2, prompt_ids=[1, 2, 3], steps=1, guided_steps=guided)
             e.extend([4, 5], [-0.5, -0.5], from_model=True)
             e.extend([6, 7, 8], None, from_model=False)
             e.success = self.solved(task, seed, i % G)
@@ -86,8 +91,8 @@ def test_env_errors_are_not_scored_and_do_not_make_a_spread():
     col, engine = collector(solved, dynamic=False)
     original = engine.play
 
-    def play(instances, greedy=False):
-        batch = original(instances, greedy)
+    def play(instances, greedy=False, guided_steps=()):
+        batch = original(instances, greedy, guided_steps)
         batch.episodes[0].env_error = "reset: server gone"
         return batch
 
@@ -99,14 +104,19 @@ def test_env_errors_are_not_scored_and_do_not_make_a_spread():
 class ScriptedExpert:
     """The oracle engine: solves every page it plays unless told otherwise."""
 
-    def __init__(self, solves: bool = True):
-        self.solves, self.played = solves, []
+    guide = None  # not the policy's engine: it never plays guided starts for a policy
 
-    def play(self, instances: Sequence[tuple[str, int]], greedy: bool = False) -> RolloutBatch:
+    def __init__(self, solves: bool = True, steps: int = 1):
+        self.solves, self.steps, self.played = solves, steps, []
+
+    def play(
+        self, instances: Sequence[tuple[str, int]], greedy: bool = False, guided_steps: Sequence[int] = ()
+    ) -> RolloutBatch:
         self.played += list(instances)
+        self.guided = list(guided_steps) or [0] * len(instances)
         episodes = []
-        for task, seed in instances:
-            e = Episode(task, seed, max_steps=2, prompt_ids=[1, 2, 3], steps=1, success=self.solves)
+        for (task, seed), guided in zip(instances, self.guided):
+            e = Episode(task, seed, 8, [1, 2, 3], steps=self.steps, success=self.solves, guided_steps=guided)
             e.extend([9, 9], [0.0, 0.0], from_model=True)
             episodes.append(e)
         return RolloutBatch(episodes, env_s=0.25)
@@ -144,6 +154,54 @@ def test_the_sampler_records_the_policy_s_episodes_only():
     col, _ = collector(lambda t, s, k: False, expert=ScriptedExpert(), tasks=("a",))
     col.collect(1)
     assert list(col.sampler.recent["a"]) == [0.0] * G
+
+
+def guided_collector(solved, steps: int) -> tuple[GroupCollector, ScriptedEngine, ScriptedExpert]:
+    """A collector with guided starts: the expert solves each page in `steps` turns."""
+    engine, expert = ScriptedEngine(solved), ScriptedExpert(steps=steps)
+    engine.guide = "the oracle"
+    sampler = TaskSampler(["a", "b"], train_seeds=1000, seed=0)
+    collector = GroupCollector(engine, sampler, scorer({"success": 1.0}), G, expert=expert, guided=True)
+    return collector, engine, expert
+
+
+def test_a_page_the_expert_showed_comes_back_as_a_guided_start():
+    """A group of failures that the expert solves in 5 turns queues its page; the next draw plays it from
+    the oracle's state k turns in (1 <= k <= 3: the policy keeps 2 turns or more), in at most half the draw's
+    groups; the sampler and the policy's success rate never see a guided group."""
+    col, engine, expert = guided_collector(lambda t, s, k: False, steps=5)
+    first = col.collect(2)
+    assert first.guided == 0 and len(col.pending) == 2
+    queued = list(col.pending)
+    assert all(1 <= k <= 3 for *_, k in queued)
+    recorded = {t: list(d) for t, d in col.sampler.recent.items()}
+    second = col.collect(2)
+    assert second.guided == 1 and engine.guided[:G] == [queued[0][2]] * G and engine.guided[G:] == [0] * G
+    assert engine.played[:G] == [queued[0][:2]] * G
+    guided = [g for g in second.groups if g.guided_steps]
+    assert len(guided) == 1 and guided[0].teaches  # all failed: the expert joined it, from the same state
+    assert expert.guided[0] == queued[0][2] and expert.played[-2] == queued[0][:2]
+    assert second.solved == [False] * G  # the unguided group alone
+    assert sum(len(d) for d in col.sampler.recent.values()) == sum(len(d) for d in recorded.values()) + G
+    metrics = second.metrics()
+    assert metrics["groups/guided"] == 1 and metrics["groups/guided_kept"] == 1
+    assert second.expert_episodes == 2  # the expert in the guided group is counted again
+
+
+def test_short_pages_and_solved_groups_queue_no_guided_start():
+    col, _, _ = guided_collector(lambda t, s, k: False, steps=2)  # Submit and one more: nothing to leave
+    col.collect(2)
+    assert not col.pending
+    col, _, _ = guided_collector(half_solved, steps=5)  # the policy solves some: no expert, no page
+    col.collect(2)
+    assert not col.pending
+
+
+def test_guided_starts_need_the_expert_and_the_oracle_as_guide():
+    engine = ScriptedEngine(half_solved)
+    sampler = TaskSampler(["a"], train_seeds=10, seed=0)
+    with pytest.raises(ValueError, match="guided"):
+        GroupCollector(engine, sampler, scorer({"success": 1.0}), G, expert=ScriptedExpert(), guided=True)
 
 
 def test_learning_weights_move_toward_a_task_that_starts_failing():
@@ -199,8 +257,8 @@ def test_the_expert_takes_an_unscorable_episode_s_place_and_counts_only_when_it_
     col, engine = collector(lambda t, s, k: False, expert=ScriptedExpert(), dynamic=False)
     original = engine.play
 
-    def play(instances, greedy=False):
-        batch = original(instances, greedy)
+    def play(instances, greedy=False, guided_steps=()):
+        batch = original(instances, greedy, guided_steps)
         for e in batch.episodes[:errors]:
             e.env_error = "step: server gone"
         return batch

@@ -4,14 +4,15 @@ book-flight oracle on real pages through the env server (with the per-episode ob
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
-from browserrl.build import demonstrator
+from browserrl.build import demonstrator, rollout_engine
 from browserrl.modeling import load_tokenizer, resolve_model_path
 from browserrl.oracle import book_flight_action, oracle_action
 from browserrl.pool import EnvPool
-from browserrl.rollout import ChatFormat
+from browserrl.rollout import ChatFormat, scripted_policy
 from browserrl.sft import collect_demonstrations
 from tests.helpers import ROOT
 
@@ -129,6 +130,34 @@ def test_suite_oracles_solve_real_pages(compose_cfg, env_url, suite):
         assert all(
             " -> " in turn and turn.split(" -> ")[1] == step["action"] for turn, step in zip(turns, e.trace)
         )
+
+
+@pytest.mark.browser
+def test_a_guided_start_plays_the_oracle_s_turns_as_env_tokens(compose_cfg, env_url):
+    """grpo.guided on a real click-checkboxes page that the oracle solves in 5 turns (4 boxes, Submit): the
+    oracle plays the first k turns, written into the sequence as env tokens, and the policy (a script that
+    clicks Submit) the rest as model tokens. From k = 4, Submit solves the page; from k = 1, it is early."""
+    cfg = compose_cfg("+experiment=cpu_suite", "grpo.expert=true", "grpo.guided=true")
+    chat = ChatFormat(load_tokenizer(resolve_model_path(cfg.model)), cfg.model.eot_token)
+
+    def submit(obs):
+        return "click('{}')".format(re.search(r"\[(\d+)\] button 'Submit'", obs.axtree_txt).group(1))
+
+    pool = EnvPool(lambda _: [env_url], size=2)
+    try:
+        engine = rollout_engine(scripted_policy(submit, chat), pool, chat, cfg, guided=True)
+        late, early = engine.play([("click-checkboxes", 1000004)] * 2, guided_steps=[4, 1]).episodes
+        oracle = demonstrator(pool, chat, cfg).play([("click-checkboxes", 1000004)]).episodes[0]
+    finally:
+        pool.close()
+    assert oracle.steps == 5 and late.success and late.steps == 5 and not early.success and early.steps == 2
+    assert [t["action"] for t in late.trace[:4]] == [t["action"] for t in oracle.trace[:4]]
+    assert late.trace[4]["action"] == oracle.trace[4]["action"]  # Submit, by the policy
+    submit_turn = chat.encode(late.trace[4]["action"]) + [chat.eot_id]
+    assert late.completion_ids[-len(submit_turn) :] == submit_turn  # the last turn: the policy's, unmasked
+    assert late.env_mask[-len(submit_turn) :] == [1] * len(submit_turn)
+    assert sum(late.env_mask) == len(submit_turn)  # every earlier token is the oracle's or the env's
+    assert sum(early.env_mask) == len(submit_turn) and early.trace[0]["action"] == oracle.trace[0]["action"]
 
 
 # The cpu suite's and held-out tasks' oracles, on AX trees copied from real pages (cleaned, seeds 1-3).

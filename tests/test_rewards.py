@@ -66,3 +66,27 @@ def test_the_selected_logger_logs_each_task_s_total_reward():
         env_error=[False, False],
     )
     assert logged["click-button/reward"] == [1.5] and logged["enter-text/reward"] == [0.0]
+
+
+def test_the_expert_s_and_guided_episodes_are_left_out_of_the_policy_s_metrics():
+    """Success on whole pages is the policy's own: an episode the oracle played, or one started from the
+    oracle's state part-way (grpo.guided), would count pages the policy did not solve alone."""
+    logged: dict[str, list[float]] = {}
+    rewards.select({"success": 1.0})[0][-1](
+        prompts=["a", "b", "c"],
+        completions=["", "", ""],
+        log_metric=lambda name, value: logged.setdefault(name, []).append(value),
+        generate_s=[1.0] * 3,
+        env_s=[1.0] * 3,
+        generated_tokens=[9] * 3,
+        task=["click-checkboxes"] * 3,
+        success=[False, True, True],
+        steps=[2, 5, 3],
+        max_steps=[8] * 3,
+        invalid_actions=[0] * 3,
+        truncated=[False] * 3,
+        env_error=[False] * 3,
+        expert=[False, True, False],
+        guided=[False, False, True],
+    )
+    assert logged["success_rate"] == [0.0] and logged["click-checkboxes/reward"] == [0.0]

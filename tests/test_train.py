@@ -35,6 +35,7 @@ METRIC_KEYS = {
     "groups/drawn",
     "groups/kept",
     "groups/frac_reward_zero_std",
+    "groups/guided",
     "expert/episodes",
     "expert/token_share",
     "tokens/trained",
@@ -111,13 +112,15 @@ def test_the_expert_trains_a_policy_whose_groups_all_fail(tmp_path):
     plain, expert = tmp_path / "plain", tmp_path / "expert"
     done = run_train(*common, f"hydra.run.dir={plain}")
     assert done.returncode == 0, done.stderr[-3000:]
-    done = run_train(*common, "grpo.expert=true", f"hydra.run.dir={expert}")
+    # guided starts on: built into the run, never used (a click-test page is one turn: none to leave out)
+    done = run_train(*common, "grpo.expert=true", "grpo.guided=true", f"hydra.run.dir={expert}")
     assert done.returncode == 0, done.stderr[-3000:]
     before, after = (json.loads((d / "summary.json").read_text()) for d in (plain, expert))
     assert before["tokens/trained"] == 0 and adapter_update(plain) == 0.0
     assert after["tokens/trained"] > 0 and adapter_update(expert) > 0.0
     steps = [r for r in rows(expert) if "reward" in r]
     assert all(r["groups/kept"] == 2 and r["expert/episodes"] == 2 for r in steps)  # 4 episodes: 2 groups
+    assert all(r["groups/guided"] == 0 for r in steps)
     assert after["demonstrations/expert"] == after["demonstrations"] == 4
     assert all(r["success_rate"] == 0 for r in steps)  # the policy's own episodes: the expert's left out
     weighted = tmp_path / "weighted"  # the expert's tokens as SFT of weight 1 (browserrl.grpo)
