@@ -104,8 +104,6 @@ def test_env_errors_are_not_scored_and_do_not_make_a_spread():
 class ScriptedExpert:
     """The oracle engine: solves every page it plays unless told otherwise."""
 
-    guide = None  # not the policy's engine: it never plays guided starts for a policy
-
     def __init__(self, solves: bool = True, steps: int = 1):
         self.solves, self.steps, self.played = solves, steps, []
 
