@@ -289,6 +289,8 @@ def check_model(cfg: DictConfig) -> None:
         raise ConfigError("model.source", f"must be packaged, tiny, hub or path, got {source!r}")
     if source in ("hub", "path") and not cfg.model.get("name_or_path"):
         raise ConfigError("model.name_or_path", f"model.source={source} needs a hub id or a folder")
+    if source in ("packaged", "tiny") and cfg.model.get("name_or_path"):  # else silently not the model named
+        raise ConfigError("model.name_or_path", f"model.source={source} ignores it: add model.source=path")
 
 
 def check_context(cfg: DictConfig) -> None:

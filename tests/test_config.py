@@ -131,6 +131,7 @@ def test_trainer_block_reaches_grpo_config(compose_cfg):
         (["task.observation_delay=5"], "task.observation_delay"),
         (["model.source=path"], "model.name_or_path"),
         (["model.source=path", "model.name_or_path=/nonexistent"], "model.name_or_path"),
+        (["model.name_or_path=/a/checkpoint"], "model.name_or_path"),  # the packaged model would load instead
         (["sft=oracle", "sft.tasks=[click-test,click-link]"], "sft.tasks"),
         (["sft=oracle", "sft.episodes_per_task=0"], "sft.episodes_per_task"),
         (["sft=oracle", "+sft.episodes_by_task.click-tab=8"], "sft.episodes_by_task.click-tab"),
