@@ -296,19 +296,36 @@ def test_published_seed_2_record_pairs_with_seeds_0_and_1_as_the_docs_report():
         assert tuple(f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}]" for d in found) == texts
 
 
-def test_published_guided_record_pairs_with_the_seed_0_run_it_started_beside():
-    """docs/runs/guided-16steps: GRPO with guided starts from the seed-0 run's SFT checkpoint (heldout/sft-*
-    copied from that record). Paired with the SFT-only start and with the run without guided starts, as
-    benchmarks.md reports."""
+@pytest.mark.parametrize(
+    ("record", "reported"),
+    [
+        (  # (prefix, decoding): (minus SFT only, minus the run without guided starts)
+            "guided-16steps/cpu-sft4e8-guided-grpo16-s0",
+            {
+                ("", "sampled"): ("+0.100 [+0.037, +0.163]", "-0.025 [-0.081, +0.031]"),
+                ("", "greedy"): ("+0.144 [+0.087, +0.194]", "+0.025 [-0.013, +0.056]"),
+                ("transfer/", "sampled"): ("+0.000 [-0.039, +0.031]", "-0.047 [-0.094, +0.000]"),
+                ("transfer/", "greedy"): ("+0.016 [-0.016, +0.055]", "-0.008 [-0.031, +0.016]"),
+            },
+        ),
+        (
+            "teaching-guided-16steps/cpu-sft4e8-teaching-guided-grpo16-s0",
+            {
+                ("", "sampled"): ("+0.100 [+0.044, +0.156]", "-0.025 [-0.075, +0.025]"),
+                ("", "greedy"): ("+0.119 [+0.069, +0.163]", "+0.000 [-0.031, +0.031]"),
+                ("transfer/", "sampled"): ("+0.062 [+0.016, +0.117]", "+0.016 [-0.023, +0.055]"),
+                ("transfer/", "greedy"): ("+0.047 [+0.016, +0.086]", "+0.023 [+0.000, +0.047]"),
+            },
+        ),
+    ],
+)
+def test_published_guided_records_pair_with_the_seed_0_run_they_started_beside(record, reported):
+    """docs/runs/guided-16steps (`learning` sampler) and teaching-guided-16steps: GRPO with guided starts
+    from the seed-0 run's SFT checkpoint (heldout/sft-* copied from that record). Paired with the SFT-only
+    start and with the run without guided starts, as benchmarks.md reports."""
     runs = Path(__file__).resolve().parents[1] / "docs" / "runs"
-    guided = runs / "guided-16steps" / "cpu-sft4e8-guided-grpo16-s0"
+    guided = runs / record
     plain = runs / "sft8-16steps" / "cpu-sft4e8-expert-grpo16-s0"
-    reported = {  # (prefix, decoding): (guided minus SFT only, guided minus the run without it)
-        ("", "sampled"): ("+0.100 [+0.037, +0.163]", "-0.025 [-0.081, +0.031]"),
-        ("", "greedy"): ("+0.144 [+0.087, +0.194]", "+0.025 [-0.013, +0.056]"),
-        ("transfer/", "sampled"): ("+0.000 [-0.039, +0.031]", "-0.047 [-0.094, +0.000]"),
-        ("transfer/", "greedy"): ("+0.016 [-0.016, +0.055]", "-0.008 [-0.031, +0.016]"),
-    }
     for (prefix, decoding), texts in reported.items():
         after = comparison.outcomes(guided, f"{prefix}eval", decoding)
         sft = comparison.outcomes(guided, f"{prefix}sft", decoding)
