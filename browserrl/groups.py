@@ -34,7 +34,7 @@ SFT warm-up most groups are all-success; from the base model, all are all-failur
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -84,13 +84,19 @@ class StepGroups:
     groups: list[Group] = field(default_factory=list)
     drawn: int = 0  # groups played this step (the policy's)
     zero_spread: int = 0  # of those, groups whose rewards were all equal before any expert
-    expert_episodes: int = 0  # oracle episodes put into groups (demonstrations)
+    expert_by_task: Counter[str] = field(default_factory=Counter)  # oracle episodes put into groups
     guided: int = 0  # of the groups drawn, those started from the oracle's state part-way
+    queued: int = 0  # pages the expert showed that were queued for guided starts
     tokens_dropped: int = 0  # tokens of groups drawn and not handed to the trainer
     solved: list[bool] = field(default_factory=list)  # every policy episode drawn (kept or not), solved?
     task_weights: dict[str, float] = field(default_factory=dict)  # the sampler's, after this step
     generate_s: float = 0.0
     env_s: float = 0.0
+
+    @property
+    def expert_episodes(self) -> int:
+        """Oracle episodes put into this step's groups: demonstrations."""
+        return sum(self.expert_by_task.values())
 
     @property
     def kept(self) -> int:
@@ -101,8 +107,10 @@ class StepGroups:
         return RolloutBatch([e for g in self.groups for e in g.episodes], self.generate_s, self.env_s)
 
     def metrics(self) -> dict[str, float]:
-        """Per-step numbers for the record (metrics.jsonl, W&B): `groups/*`, `expert/*`, and each task's
-        share of the next draws (`sampling/TASK/weight`). `groups/success_rate` is the policy's success over
+        """Per-step numbers for the record (metrics.jsonl, W&B): `groups/*`, `expert/*` (with each task's
+        expert episodes, `expert/TASK/episodes`, and the pages queued for guided starts,
+        `groups/guided_queued`: what the expert reached), and each task's share of the next draws
+        (`sampling/TASK/weight`). `groups/success_rate` is the policy's success over
         every episode drawn: the kept groups alone are biased toward a half. `expert/token_share` is the
         expert's part of the model-turn tokens handed to the trainer: the token-mean losses (dapo, the
         default) weigh each of its tokens by its advantage over all of them, so this share says how much of
@@ -116,7 +124,9 @@ class StepGroups:
             "groups/success_rate": sum(self.solved) / len(self.solved) if self.solved else math.nan,
             "groups/guided": self.guided,
             "groups/guided_kept": sum(g.teaches for g in self.groups if g.guided_steps),
+            "groups/guided_queued": self.queued,
             "expert/episodes": self.expert_episodes,
+            **{f"expert/{task}/episodes": n for task, n in self.expert_by_task.items()},
             "expert/token_share": sum(n for x, n in model if x) / model_tokens if model_tokens else math.nan,
             "tokens/dropped": self.tokens_dropped,
             **{f"sampling/{task}/weight": w for task, w in self.task_weights.items()},
@@ -207,6 +217,7 @@ class GroupCollector:
             if self.guided and not group.guided_steps and episode.steps >= 3:
                 k = self.sampler.rng.randint(1, episode.steps - 2)  # the policy plays 2 turns or more
                 self.pending.append((group.task, episode.seed, k))
+                step.queued += 1
             episode.expert = True
             episode.logprobs = [math.nan if m else 0.0 for m in episode.env_mask]
             # in place of an unscorable episode if there is one: the group keeps every scored failure
@@ -217,5 +228,5 @@ class GroupCollector:
             if not Group(episodes, rewards).teaches:  # no scored failure left beside it
                 continue
             group.episodes, group.rewards = episodes, rewards
-            step.expert_episodes += 1
+            step.expert_by_task[group.task] += 1
             self.expert_total += 1

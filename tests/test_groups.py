@@ -132,8 +132,10 @@ def test_an_expert_episode_makes_an_all_failure_group_teach():
         # its model turns: no sampler logprob (NaN: TRL applies no importance correction to them)
         assert all(math.isnan(lp) for lp, m in zip(shown.logprobs, shown.env_mask) if m)
     assert step.zero_spread == 2  # before the expert: both groups were all failures
-    assert step.metrics()["expert/episodes"] == 2
-    assert step.metrics()["expert/token_share"] == 0.25  # 2 of each group's 8 model-turn tokens
+    metrics = step.metrics()
+    by_task = {k: v for k, v in metrics.items() if k in ("expert/a/episodes", "expert/b/episodes")}
+    assert metrics["expert/episodes"] == 2 == sum(by_task.values())  # each task the expert reached, counted
+    assert metrics["expert/token_share"] == 0.25  # 2 of each group's 8 model-turn tokens
 
 
 def test_the_expert_joins_only_groups_of_failures_and_only_when_it_solves():
@@ -169,7 +171,7 @@ def test_a_page_the_expert_showed_comes_back_as_a_guided_start():
     groups; the sampler and the policy's success rate never see a guided group."""
     col, engine, expert = guided_collector(lambda t, s, k: False, steps=5)
     first = col.collect(2)
-    assert first.guided == 0 and len(col.pending) == 2
+    assert first.guided == 0 and len(col.pending) == 2 == first.metrics()["groups/guided_queued"]
     queued = list(col.pending)
     assert all(1 <= k <= 3 for *_, k in queued)
     recorded = {t: list(d) for t, d in col.sampler.recent.items()}

@@ -120,7 +120,8 @@ def test_the_expert_trains_a_policy_whose_groups_all_fail(tmp_path):
     assert after["tokens/trained"] > 0 and adapter_update(expert) > 0.0
     steps = [r for r in rows(expert) if "reward" in r]
     assert all(r["groups/kept"] == 2 and r["expert/episodes"] == 2 for r in steps)  # 4 episodes: 2 groups
-    assert all(r["groups/guided"] == 0 for r in steps)
+    assert all(r["groups/guided"] == 0 == r["groups/guided_queued"] for r in steps)
+    assert all(r["expert/click-test/episodes"] == 2 for r in steps)  # per task, in the record too
     assert after["demonstrations/expert"] == after["demonstrations"] == 4
     assert all(r["success_rate"] == 0 for r in steps)  # the policy's own episodes: the expert's left out
     weighted = tmp_path / "weighted"  # the expert's tokens as SFT of weight 1 (browserrl.grpo)
