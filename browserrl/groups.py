@@ -110,11 +110,11 @@ class StepGroups:
         """Per-step numbers for the record (metrics.jsonl, W&B): `groups/*`, `expert/*` (with each task's
         expert episodes, `expert/TASK/episodes`, and the pages queued for guided starts,
         `groups/guided_queued`: what the expert reached), and each task's share of the next draws
-        (`sampling/TASK/weight`). `groups/success_rate` is the policy's success over
-        every episode drawn: the kept groups alone are biased toward a half. `expert/token_share` is the
-        expert's part of the model-turn tokens handed to the trainer: the token-mean losses (dapo, the
-        default) weigh each of its tokens by its advantage over all of them, so this share says how much of
-        a step's gradient the demonstrations can be."""
+        (`sampling/TASK/weight`). `groups/success_rate` is the policy's success over every episode drawn:
+        the kept groups alone are biased toward a half. `expert/token_share` is the expert's part of the
+        model-turn tokens handed to the trainer: the token-mean losses (dapo, the default) weigh each of its
+        tokens by its advantage over all of them, so this share says how much of a step's gradient the
+        demonstrations can be."""
         model = [(e.expert, sum(e.env_mask)) for g in self.groups for e in g.episodes]
         model_tokens = sum(n for _, n in model)
         return {
