@@ -96,13 +96,17 @@ def eval_key(
 
 
 def play_seeded(
-    engine: RolloutEngine, instances: list[tuple[str, int]], greedy: bool, progress: str | None = None
+    engine: RolloutEngine,
+    instances: list[tuple[str, int]],
+    greedy: bool,
+    progress: str | None = None,
+    guided_steps: Sequence[int] | None = None,
 ) -> list[Episode]:
     """Episodes sampled with a fixed torch seed (the first instance's): the same noise for every model and
-    every run, and the caller's random state left as it was."""
+    every run, and the caller's random state left as it was. `guided_steps`: RolloutEngine.play's."""
     with torch.random.fork_rng():
         torch.manual_seed(instances[0][1])
-        return engine.play(instances, greedy=greedy, progress=progress).episodes
+        return engine.play(instances, greedy=greedy, progress=progress, guided_steps=guided_steps).episodes
 
 
 @contextlib.contextmanager
