@@ -41,12 +41,12 @@ def partway_rows(oracle: Sequence[Episode], played: Mapping[str, Sequence[Episod
     the pages solved from there and its first turns by kind (KINDS, as counts: `name: kind`)."""
     actions = {(e.task, e.seed): [t["action"] for t in e.trace] for e in oracle if e.success}
     cells: dict[tuple[str, int, int], dict[str, Any]] = defaultdict(lambda: defaultdict(int))
+    for task, seed, k in starts(oracle):
+        cells[(task, len(actions[(task, seed)]), k)]["pages"] += 1
     for policy, episodes in played.items():
         for (task, seed, k), episode in zip(starts(oracle), episodes, strict=True):
             oracle_actions = actions[(task, seed)]
             cell = cells[(task, len(oracle_actions), k)]
-            if policy == next(iter(played)):
-                cell["pages"] += 1
             cell[f"{policy} solved"] += episode.success
             if len(episode.trace) > k and "action" in episode.trace[k]:
                 cell[f"{policy}: {first_turn_kind(oracle_actions, k, episode.trace[k]['action'])}"] += 1
