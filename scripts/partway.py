@@ -53,6 +53,8 @@ def main() -> None:
         cfg = compose(*overrides)
     with open_dict(cfg):
         cfg.suite.tasks = [args.task]
+        cfg.trainer.pop("bf16", None)  # as evaluate.py: saved by runs before infra.precision decided it
+        cfg.eval.setdefault("sessions", cfg.env.sessions)  # a run saved before eval.sessions existed
     try:
         validate(cfg, trains=False)
         preflight(cfg)
