@@ -19,17 +19,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 from transformers import TrainerCallback
 
 from browserrl import baselines, build, oracle
 from browserrl.analysis import markdown_table, plot_suite
 from browserrl.baselines import constant_action, constant_candidates, random_action
 from browserrl.compat import log_line
-from browserrl.config import bf16_autocast, task_configs
+from browserrl.compose import compose
+from browserrl.config import bf16_autocast, task_configs, upgrade_saved
 from browserrl.generation import HFGenerator
 from browserrl.metrics import episode_metrics, jsonable
-from browserrl.modeling import cache_root, load_checkpoint, load_policy, model_identity, policy_device
+from browserrl.modeling import (
+    cache_root,
+    checkpoint_config,
+    load_checkpoint,
+    load_policy,
+    model_identity,
+    policy_device,
+)
 from browserrl.pool import EnvPool
 from browserrl.rollout import ChatFormat, Episode, Policy, RolloutEngine, model_policy, scripted_policy
 from browserrl.traces import ScreenshotRecorder, record_trace, write_traces
@@ -50,6 +58,26 @@ COLUMNS = (
     "truncated_rate",
     "env_errors",
 )
+
+
+def evaluation_config(
+    checkpoint: Path | None, overrides: Sequence[str], suite: str | None = None
+) -> DictConfig:
+    """What an evaluation script plays by: the checkpoint's saved config with today's names and
+    `overrides` on top, or without one conf/train.yaml composed with train.py's overrides; `suite`:
+    conf/suite/SUITE.yaml's tasks instead of the run's. A bad group option or moved key raises Hydra's
+    error or MovedKeyError."""
+    if checkpoint is None:
+        return compose(*([f"suite={suite}"] if suite else []), *overrides)
+    saved = upgrade_saved(checkpoint_config(checkpoint))  # a run saved before a rename
+    cfg = OmegaConf.merge(saved, OmegaConf.from_dotlist(list(overrides)))
+    with open_dict(cfg):
+        if suite:
+            named = compose(f"suite={suite}")
+            cfg.suite, cfg.tasks = named.suite, named.tasks
+        cfg.trainer.pop("bf16", None)  # saved by runs before infra.precision alone decided it
+        cfg.eval.setdefault("sessions", cfg.env.sessions)  # a run saved before eval.sessions existed
+    return cfg
 
 
 def heldout_seeds(cfg: DictConfig) -> list[int]:

@@ -21,20 +21,10 @@ import logging
 from pathlib import Path
 
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf, open_dict
 
-from browserrl.compose import MovedKeyError, compose
-from browserrl.config import ConfigError, preflight, upgrade_saved, validate
-from browserrl.evaluate import evaluate_suite
-from browserrl.modeling import checkpoint_config
-
-
-def composed(overrides: list[str]) -> DictConfig:
-    """conf/train.yaml with train.py's overrides; a bad group option or a moved key ends here, in one line."""
-    try:
-        return compose(*overrides)
-    except (HydraException, MovedKeyError) as exc:
-        raise SystemExit(f"config error: {exc}") from None
+from browserrl.compose import MovedKeyError
+from browserrl.config import ConfigError, preflight, validate
+from browserrl.evaluate import evaluate_suite, evaluation_config
 
 
 def main() -> None:
@@ -53,18 +43,10 @@ def main() -> None:
         args.overrides.insert(0, str(args.checkpoint))
         args.checkpoint = None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if args.checkpoint is None:
-        cfg = composed([*([f"suite={args.suite}"] if args.suite else []), *args.overrides])
-    else:
-        saved = upgrade_saved(checkpoint_config(args.checkpoint))  # a run saved before a rename
-        cfg = OmegaConf.merge(saved, OmegaConf.from_dotlist(args.overrides))
-        if args.suite:
-            suite = composed([f"suite={args.suite}"])
-            with open_dict(cfg):
-                cfg.suite, cfg.tasks = suite.suite, suite.tasks
-        with open_dict(cfg):
-            cfg.trainer.pop("bf16", None)  # saved by runs before infra.precision alone decided it
-            cfg.eval.setdefault("sessions", cfg.env.sessions)  # a run saved before eval.sessions existed
+    try:
+        cfg = evaluation_config(args.checkpoint, args.overrides, args.suite)
+    except (HydraException, MovedKeyError) as exc:  # a bad group option or a moved key ends here, in one line
+        raise SystemExit(f"config error: {exc}") from None
     try:
         validate(cfg, trains=False)  # an evaluation trains nothing: sft.*, grpo.*, lora.* are not read
         preflight(cfg)

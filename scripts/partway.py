@@ -16,14 +16,15 @@ import argparse
 import logging
 from pathlib import Path
 
-from omegaconf import OmegaConf, open_dict
+from hydra.errors import HydraException
+from omegaconf import open_dict
 
 from browserrl import build
 from browserrl.analysis import markdown_table
-from browserrl.compose import compose
-from browserrl.config import ConfigError, preflight, task_configs, upgrade_saved, validate
-from browserrl.evaluate import heldout_seeds, play_seeded
-from browserrl.modeling import checkpoint_config, load_checkpoint, load_policy, policy_device
+from browserrl.compose import MovedKeyError
+from browserrl.config import ConfigError, preflight, task_configs, validate
+from browserrl.evaluate import evaluation_config, heldout_seeds, play_seeded
+from browserrl.modeling import load_checkpoint, load_policy, policy_device
 from browserrl.partway import partway_rows, starts
 from browserrl.rollout import ChatFormat, model_policy
 
@@ -45,16 +46,12 @@ def main() -> None:
     if not checkpoints and not args.base:
         raise SystemExit("nothing to play: name a checkpoint, or --base")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if checkpoints:
-        cfg = OmegaConf.merge(
-            upgrade_saved(checkpoint_config(checkpoints[0])), OmegaConf.from_dotlist(overrides)
-        )
-    else:
-        cfg = compose(*overrides)
+    try:
+        cfg = evaluation_config(checkpoints[0] if checkpoints else None, overrides)
+    except (HydraException, MovedKeyError) as exc:  # a bad group option or a moved key: one line
+        raise SystemExit(f"config error: {exc}") from None
     with open_dict(cfg):
         cfg.suite.tasks = [args.task]
-        cfg.trainer.pop("bf16", None)  # as evaluate.py: saved by runs before infra.precision decided it
-        cfg.eval.setdefault("sessions", cfg.env.sessions)  # a run saved before eval.sessions existed
     try:
         validate(cfg, trains=False)
         preflight(cfg)

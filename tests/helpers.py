@@ -42,16 +42,20 @@ def tiny_llama() -> LlamaForCausalLM:
     return LlamaForCausalLM(config).eval()
 
 
+def user_env() -> dict[str, str]:
+    """The environment a user's run gets in tests: W&B without a key (offline), quiet."""
+    return {**os.environ, "WANDB_API_KEY": "", "WANDB_SILENT": "true"}
+
+
 def run_train(
     *args: str, timeout: int = 600, launcher: list[str] | None = None, script: str = "train.py"
 ) -> subprocess.CompletedProcess:
     """`python train.py ARGS` (or `LAUNCHER train.py ARGS`, e.g. torchrun; or another of the repo's Hydra
     scripts) from the repo root; W&B without a key (offline), output captured."""
-    env = {**os.environ, "WANDB_API_KEY": "", "WANDB_SILENT": "true"}
     return subprocess.run(
         [*(launcher or [sys.executable]), script, *args],
         cwd=ROOT,
-        env=env,
+        env=user_env(),
         capture_output=True,
         text=True,
         timeout=timeout,

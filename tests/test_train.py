@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import ROOT, TINY, run_train
+from helpers import ROOT, TINY, run_train, user_env
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -201,10 +201,13 @@ BAD_OVERRIDES = [
 def cpu_seconds_of(args: list[str], out: Path, timeout: float) -> tuple[int, str, float]:
     """`python train.py ARGS` (W&B without a key): its exit code, its stderr, and the CPU seconds it and its
     children spent (os.wait4), which a machine busy with other work does not inflate as it does wall time."""
-    env = {**os.environ, "WANDB_API_KEY": "", "WANDB_SILENT": "true"}
     with open(out, "w+") as stderr:
         proc = subprocess.Popen(
-            [sys.executable, "train.py", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr
+            [sys.executable, "train.py", *args],
+            cwd=ROOT,
+            env=user_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
         )
         deadline = time.time() + timeout
         while (done := os.wait4(proc.pid, os.WNOHANG))[0] == 0:
