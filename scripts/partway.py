@@ -24,7 +24,13 @@ from browserrl.analysis import markdown_table
 from browserrl.compose import MovedKeyError
 from browserrl.config import ConfigError, preflight, task_configs, validate
 from browserrl.evaluate import evaluation_config, heldout_seeds, play_seeded
-from browserrl.modeling import load_checkpoint, load_policy, policy_device
+from browserrl.modeling import (
+    load_checkpoint,
+    load_policy,
+    load_tokenizer,
+    policy_device,
+    resolve_model_path,
+)
 from browserrl.partway import partway_rows, starts
 from browserrl.rollout import ChatFormat, model_policy
 
@@ -58,9 +64,9 @@ def main() -> None:
     except ConfigError as exc:
         raise SystemExit(f"config error: {exc}") from None
 
-    base, tokenizer = load_policy(cfg.model)
+    tokenizer = load_tokenizer(resolve_model_path(cfg.model))
     device = policy_device(bool(cfg.trainer.get("use_cpu")))
-    policies = {"base": base} if args.base else {}
+    policies = {"base": load_policy(cfg.model)[0]} if args.base else {}  # loaded only when played
     policies |= {label(c): load_checkpoint(c)[0] for c in checkpoints}
     chat = ChatFormat(tokenizer, cfg.model.eot_token)
     tasks = task_configs(cfg)
